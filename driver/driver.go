@@ -1,0 +1,73 @@
+// Package driver defines the graph driver: the interface that every file
+// system strata stores layers on implements, and the registry that picks one
+// by name. API STUB: the registry and naive diff are filled in by the driver work.
+//
+// On disk a driver owns <root>/<name>/ and nothing else.
+package driver
+
+import (
+	"io"
+
+	"github.com/strata-storage/strata/archive"
+)
+
+// CreateOpts are the per-layer options of Create.
+type CreateOpts struct {
+	MountLabel string
+	StorageOpt map[string]string
+}
+
+// Capabilities tell callers what a driver allows.
+type Capabilities struct {
+	// ParallelApply is true when ApplyDiff never reads the parent's content,
+	// so a child may be created and applied while its parent is still being
+	// applied (overlay writes into its own upper dir; vfs copies the parent).
+	ParallelApply bool
+}
+
+// ProtoDriver is the seed's graph driver, brought up to date.
+type ProtoDriver interface {
+	// String returns the driver's name.
+	String() string
+	// Create makes a read-only layer id on top of parent ("" = none).
+	Create(id, parent string, opts *CreateOpts) error
+	// CreateReadWrite makes a read-write (container) layer.
+	CreateReadWrite(id, parent string, opts *CreateOpts) error
+	// Remove deletes a layer; it fails with errdefs.ErrInUse while the layer
+	// has children or is mounted.
+	Remove(id string) error
+	// Get mounts the layer (reference-counted) and returns its root path.
+	Get(id, mountLabel string) (string, error)
+	// Put releases one reference taken by Get; the last one unmounts.
+	Put(id string) error
+	Exists(id string) bool
+	// Status returns low-level diagnostics as key/value pairs.
+	Status() [][2]string
+	// Metadata returns driver details of one layer (e.g. overlay dirs).
+	Metadata(id string) (map[string]string, error)
+	Capabilities() Capabilities
+	// Cleanup releases everything the driver holds, e.g. unmounts all.
+	Cleanup() error
+}
+
+// DiffDriver produces and consumes layer tars.
+type DiffDriver interface {
+	// Diff returns the layer tar of id against parent.
+	Diff(id, parent string) (io.ReadCloser, error)
+	// Changes lists what differs between id and parent.
+	Changes(id, parent string) ([]archive.Change, error)
+	// ApplyDiff extracts the uncompressed layer tar diff into layer id and
+	// returns the bytes of content applied.
+	ApplyDiff(id, parent string, diff io.Reader) (int64, error)
+	// DiffSize returns the bytes of content that differ from parent.
+	DiffSize(id, parent string) (int64, error)
+}
+
+// Driver is a ProtoDriver with diff support, native or naive.
+type Driver interface {
+	ProtoDriver
+	DiffDriver
+}
+
+// InitFunc makes a driver whose state lives in root (<store root>/<name>).
+type InitFunc func(root string, options map[string]string) (Driver, error)
