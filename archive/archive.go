@@ -1,13 +1,32 @@
 // Package archive reads and writes layer tars: the unit in which image layers
-// travel. API STUB: filled in by the archive work.
+// travel.
+//
+// A layer tar holds the files a layer adds or changes, with owners, modes,
+// nanosecond times (PAX) and extended attributes (PAX SCHILY.xattr.*), and
+// marks what it removes with whiteouts:
+//
+//	dir/.wh.name       name was deleted from dir
+//	dir/.wh..wh..opq   dir is opaque: nothing of the lower layers shows through
+//
+// On disk a whiteout is stored the way the driver needs it (see
+// WhiteoutFormat). The package has no state of its own on disk.
 package archive
 
-import (
-	"errors"
-	"io"
+// Whiteout names, as in the layer tars of Docker and OCI images.
+const (
+	whiteoutPrefix = ".wh."
+	// whiteoutMeta starts the names aufs keeps for itself (.wh..wh.plnk,
+	// .wh..wh.aufs, .wh..wh.orph); they never describe image content.
+	whiteoutMeta = whiteoutPrefix + whiteoutPrefix
+	opaqueMarker = whiteoutMeta + ".opq"
 )
 
-var errTODO = errors.New("archive: not implemented yet")
+// Overlayfs marks an opaque directory with this xattr set to "y".
+const overlayOpaqueXattr = "trusted.overlay.opaque"
+
+// overlayXattrPrefix is the namespace overlayfs keeps for itself; its
+// attributes describe the upper directory, not the image, so tars never carry them.
+const overlayXattrPrefix = "trusted.overlay."
 
 // Compression is the encoding of a layer stream.
 type Compression int
@@ -28,12 +47,6 @@ func (c Compression) String() string {
 	return "none"
 }
 
-// DecompressStream detects the compression of r from its first bytes and
-// returns a reader of the uncompressed stream.
-func DecompressStream(r io.Reader) (io.ReadCloser, Compression, error) {
-	return nil, Uncompressed, errTODO
-}
-
 // WhiteoutFormat says how the whiteouts of a layer tar are stored on disk.
 type WhiteoutFormat int
 
@@ -51,12 +64,6 @@ const (
 // ApplyOptions tune Apply.
 type ApplyOptions struct {
 	Whiteouts WhiteoutFormat
-}
-
-// Apply extracts the uncompressed layer tar r into dir and returns the
-// number of bytes of regular-file content written.
-func Apply(dir string, r io.Reader, opts ApplyOptions) (int64, error) {
-	return 0, errTODO
 }
 
 // ChangeKind is the kind of a Change, printed as docker diff prints it.
@@ -84,24 +91,9 @@ type Change struct {
 	Kind ChangeKind
 }
 
-// Changes compares the tree at dir with the tree at parentDir ("" = empty).
-func Changes(parentDir, dir string) ([]Change, error) {
-	return nil, errTODO
-}
-
-// WriteChanges writes a layer tar of changes to w, reading content from dir.
-func WriteChanges(w io.Writer, dir string, changes []Change) error {
-	return errTODO
-}
-
 // WriteOptions tune WriteDir.
 type WriteOptions struct {
 	// Whiteouts says how whiteouts are stored in dir: WhiteoutOverlay
 	// translates 0/0 devices and opaque xattrs into .wh. entries.
 	Whiteouts WhiteoutFormat
-}
-
-// WriteDir writes the tree at dir as a layer tar to w.
-func WriteDir(w io.Writer, dir string, opts WriteOptions) error {
-	return errTODO
 }

@@ -1,8 +1,11 @@
 // Package driver defines the graph driver: the interface that every file
 // system strata stores layers on implements, and the registry that picks one
-// by name. API STUB: the registry and naive diff are filled in by the driver work.
+// by name (registry.go), the naive diff any driver can fall back on
+// (naive.go), and the bookkeeping all drivers share: reference-counted mounts
+// (refcount.go) and parent/child links (lineage.go).
 //
-// On disk a driver owns <root>/<name>/ and nothing else.
+// On disk a driver owns <root>/<name>/ and nothing else; what it keeps there
+// is described in its own package.
 package driver
 
 import (

@@ -1,0 +1,33 @@
+# strata: `make demo` builds and runs the main job; `make test` installs what the
+# tests need and runs them all (CI runs exactly that).
+GO      ?= go
+IMAGES  ?= /var/tmp/strata-images
+export STRATA_TEST_IMAGES := $(IMAGES)
+
+.PHONY: build demo test test-deps images bench
+
+build:
+	$(GO) build -o bin/strata ./cmd/strata
+
+demo: build
+	./scripts/demo.sh
+
+# System packages: docker.io (a real dockerd to compare with), debootstrap, skopeo
+# and libcap2-bin (to build the realistic test images), python3, time and bc (bench).
+test-deps:
+	@need=""; for p in docker.io debootstrap skopeo libcap2-bin python3 time bc; do \
+	  dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
+	if [ -n "$$need" ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; fi
+
+# The realistic images built with a real Docker (whiteouts, hard links, xattrs,
+# 20k small files, a 100 MB file), kept out of git.
+images: test-deps
+	@[ -f $(IMAGES)/app.tar ] || ./scripts/make-images.sh $(IMAGES)
+
+test: test-deps images build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 80m ./...
+
+bench: test-deps images build
+	./bench/load.sh $(IMAGES)/app.tar
