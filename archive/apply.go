@@ -44,7 +44,15 @@ func Apply(dir string, r io.Reader, opts ApplyOptions) (int64, error) {
 		dirs:    map[string]string{".": ""},
 		written: map[string]mark{"": markedParent},
 	}
-	if err := a.apply(r); err != nil {
+	a.files = newFileWriters(a)
+	err = a.apply(r)
+	if cerr := a.files.close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = a.setDirTimes()
+	}
+	if err != nil {
 		return a.size, fmt.Errorf("apply layer: %w", err)
 	}
 	return a.size, nil
@@ -57,6 +65,7 @@ type applier struct {
 	isRoot bool
 	buf    []byte
 	size   int64
+	files  *fileWriters
 
 	// dirs maps the clean tar name of a directory to its real path relative
 	// to root, for every directory resolved so far.
@@ -115,6 +124,12 @@ func (a *applier) apply(r io.Reader) error {
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return fmt.Errorf("read layer tar: %w", err)
 	}
+	return nil
+}
+
+// setDirTimes sets the times of the directories, once nothing is written
+// in them any more.
+func (a *applier) setDirTimes() error {
 	for _, d := range a.dirTimes {
 		if err := unix.UtimesNanoAt(unix.AT_FDCWD, d.path, d.ts[:], unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("set times of %s: %w", d.path, err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,19 +22,34 @@ func (a *applier) regular(p string, hdr *tar.Header, r io.Reader) error {
 		return err
 	}
 	full := a.full(p)
+	if hdr.Size <= smallFile {
+		data := make([]byte, hdr.Size)
+		if _, err := io.ReadFull(r, data); err != nil {
+			return streamErr(err)
+		}
+		a.size += hdr.Size
+		return a.files.write(full, hdr, data)
+	}
+	n, err := a.writeFile(full, hdr, r, a.buf)
+	a.size += n
+	return err
+}
+
+// writeFile creates the file full with the content of r and the metadata of
+// hdr. It is safe for concurrent use on distinct paths.
+func (a *applier) writeFile(full string, hdr *tar.Header, r io.Reader, buf []byte) (int64, error) {
 	var fd int
 	err := replace(full, false, func() (err error) {
 		fd, err = unix.Open(full, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		return os.NewSyscallError("open", err)
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
-	n, err := io.CopyBuffer(fdWriter(fd), r, a.buf)
-	a.size += n
+	n, err := io.CopyBuffer(fdWriter(fd), r, buf)
 	if err != nil {
 		unix.Close(fd)
-		return streamErr(err)
+		return n, streamErr(err)
 	}
 	// chown clears setuid bits and file capabilities: mode and xattrs follow it.
 	err = a.chown(unix.Fchown(fd, hdr.Uid, hdr.Gid))
@@ -45,13 +61,24 @@ func (a *applier) regular(p string, hdr *tar.Header, r io.Reader) error {
 			return unix.Fsetxattr(fd, name, value, 0)
 		})
 	}
+	if err == nil {
+		err = futimens(fd, hdr)
+	}
 	if cerr := unix.Close(fd); err == nil {
 		err = os.NewSyscallError("close", cerr)
 	}
-	if err != nil {
-		return err
+	return n, err
+}
+
+// futimens sets the times of hdr on an open file: utimensat with a NULL
+// path, which saves the path walk of setTimes.
+func futimens(fd int, hdr *tar.Header) error {
+	ts := timespecs(hdr)
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return os.NewSyscallError("futimens", errno)
 	}
-	return setTimes(full, hdr)
+	return nil
 }
 
 // fdWriter writes to a file descriptor without the poller and the
@@ -126,6 +153,9 @@ func (a *applier) hardlink(p string, hdr *tar.Header) error {
 	if !ok || a.written[tp] != markedFile {
 		return invalid("hard link target %q is not an earlier file of the layer", hdr.Linkname)
 	}
+	if err := a.files.wait(); err != nil { // the target may still be being written
+		return err
+	}
 	if err := a.claim(p, markedFile); err != nil {
 		return err
 	}
@@ -161,6 +191,10 @@ func (a *applier) node(p string, hdr *tar.Header) error {
 
 // whiteout applies the whiteout entry base found in the directory dir.
 func (a *applier) whiteout(dir, base string, hdr *tar.Header) error {
+	// What a whiteout removes is on disk only once the writers are done.
+	if err := a.files.wait(); err != nil {
+		return err
+	}
 	// Deleting needs no directory: what is not there is deleted already.
 	parent, err := a.resolveDir(dir, a.format == WhiteoutOverlay)
 	if errors.Is(err, os.ErrNotExist) {

@@ -39,6 +39,13 @@ func (a *applier) resolveDir(dir string, create bool) (string, error) {
 func (a *applier) step(dir, name string, create bool, links *int) (string, error) {
 	p := join(dir, name)
 	full := a.full(p)
+	if a.written[p] == markedFile {
+		// A file of this layer, maybe still being written: look at it
+		// once it is there.
+		if err := a.files.wait(); err != nil {
+			return "", err
+		}
+	}
 	var st unix.Stat_t
 	err := unix.Lstat(full, &st)
 	if errors.Is(err, unix.ENOENT) && create {

@@ -74,6 +74,7 @@ type Store struct {
 	db     *metadata.DB
 	driver driver.Driver
 	roots  RootsFunc
+	flush  flusher
 }
 
 var bucketLayers = []byte("layers")

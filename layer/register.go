@@ -246,7 +246,10 @@ func (s *Store) apply(ctx context.Context, n *newLayer, parentCacheID string) er
 		return err
 	}
 	defer f.Close()
-	zw := gzip.NewWriter(f)
+	zw, err := gzip.NewWriterLevel(f, gzip.BestSpeed)
+	if err != nil {
+		return err
+	}
 
 	digester := digest.SHA256.Digester()
 	var tarSize byteCounter
@@ -280,6 +283,7 @@ func (s *Store) apply(ctx context.Context, n *newLayer, parentCacheID string) er
 		return fmt.Errorf("layer diff ID mismatch: got %s, want %s: %w", n.diffID, n.src.DiffID, errdefs.ErrInvalid)
 	}
 	n.size, n.tarSize = size, int64(tarSize)
+	s.flush.start(s.driverRoot())
 	return nil
 }
 

@@ -3,6 +3,7 @@ package layer
 import (
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,4 +46,19 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// flusher starts the writeback of a file system early, while other layers
+// are still being applied, so that the one syncfs that makes a registration
+// durable has little left to wait for. One early flush runs at a time; its
+// errors are left to that final syncfs.
+type flusher struct{ running atomic.Bool }
+
+func (f *flusher) start(path string) {
+	if f.running.CompareAndSwap(false, true) {
+		go func() {
+			defer f.running.Store(false)
+			syncFS(path)
+		}()
+	}
 }
