@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,21 +18,38 @@ import (
 // A path is modified when its type, mode, owner, size (regular files),
 // nanosecond mtime, symlink target, device number or xattrs differ: copies
 // of a tree keep all of these, while content changes move the mtime even
-// within one second. A directory is modified by its own metadata only (but
-// adding or removing a child moves its mtime). Of a deleted subtree only its
-// top is reported.
+// within one second. A file that is the parent's own inode (a snapshot of
+// it, as btrfs and thin devices make) is modified when its ctime moved,
+// which catches a rewrite that kept size and mtime. A directory is modified
+// by its own metadata only (but adding or removing a child moves its
+// mtime). Of a deleted subtree only its top is reported.
 func Changes(parentDir, dir string) ([]Change, error) {
+	return ChangesSince(parentDir, dir, time.Time{})
+}
+
+// ChangesSince is Changes for a dir that started as a copy of parentDir at
+// time since: a copy has inodes of its own, so any path of dir whose ctime
+// is not before since was changed after the copy. That catches a rewrite
+// that kept size and mtime, which no comparison of the trees can.
+func ChangesSince(parentDir, dir string, since time.Time) ([]Change, error) {
 	var changes []Change
-	if err := compareDirs(parentDir, dir, "", &changes); err != nil {
+	var cmp comparer
+	if !since.IsZero() {
+		cmp.since = unix.NsecToTimespec(since.UnixNano())
+	}
+	if err := cmp.dirs(parentDir, dir, "", &changes); err != nil {
 		return nil, fmt.Errorf("changes of %s: %w", dir, err)
 	}
 	slices.SortFunc(changes, func(a, b Change) int { return strings.Compare(a.Path, b.Path) })
 	return changes, nil
 }
 
-// compareDirs compares the directory rel ("" or "/a/b") of both trees;
+// comparer compares two trees; since is ChangesSince's, zero for none.
+type comparer struct{ since unix.Timespec }
+
+// dirs compares the directory rel ("" or "/a/b") of both trees;
 // parentDir is "" when the parent tree has no such directory.
-func compareDirs(parentDir, dir, rel string, changes *[]Change) error {
+func (c comparer) dirs(parentDir, dir, rel string, changes *[]Change) error {
 	names, err := readNames(dir + rel)
 	if err != nil {
 		return err
@@ -55,7 +73,7 @@ func compareDirs(parentDir, dir, rel string, changes *[]Change) error {
 		if !inParent[name] {
 			*changes = append(*changes, Change{Path: p, Kind: ChangeAdd})
 			if isDir(&st) {
-				if err := compareDirs("", dir, p, changes); err != nil {
+				if err := c.dirs("", dir, p, changes); err != nil {
 					return err
 				}
 			}
@@ -66,7 +84,7 @@ func compareDirs(parentDir, dir, rel string, changes *[]Change) error {
 		if err := unix.Lstat(parentDir+p, &old); err != nil {
 			return os.NewSyscallError("lstat "+parentDir+p, err)
 		}
-		same, err := sameFile(parentDir+p, dir+p, &old, &st)
+		same, err := c.sameFile(parentDir+p, dir+p, &old, &st)
 		if err != nil {
 			return err
 		}
@@ -79,7 +97,7 @@ func compareDirs(parentDir, dir, rel string, changes *[]Change) error {
 			if !isDir(&old) {
 				lower = ""
 			}
-			if err := compareDirs(lower, dir, p, changes); err != nil {
+			if err := c.dirs(lower, dir, p, changes); err != nil {
 				return err
 			}
 		}
@@ -99,14 +117,24 @@ func readNames(dir string) ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
+func before(a, b unix.Timespec) bool {
+	return a.Sec < b.Sec || a.Sec == b.Sec && a.Nsec < b.Nsec
+}
+
 func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
 // sameFile reports whether the file at newPath has the metadata of the one
 // at oldPath, as Changes defines it.
-func sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool, error) {
+func (c comparer) sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool, error) {
 	if old.Mode != st.Mode || old.Uid != st.Uid || old.Gid != st.Gid ||
 		old.Mtim != st.Mtim || old.Rdev != st.Rdev {
 		return false, nil
+	}
+	if old.Ino == st.Ino && old.Ctim != st.Ctim {
+		return false, nil // the parent's inode, changed since the snapshot
+	}
+	if c.since != (unix.Timespec{}) && !before(st.Ctim, c.since) {
+		return false, nil // changed since the copy
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:

@@ -2,7 +2,7 @@
 # load.sh ARCHIVE [RUNS]: loads the same docker save archive with strata
 # (overlay driver) and with `docker load` (a private dockerd, overlay2) on this
 # machine, RUNS times each (default 5), alternating, with the page cache
-# dropped and the stores emptied before every run. Prints the median of each,
+# dropped and the stores emptied (and the disk settled) before every run. Prints the median of each,
 # the ratio strata/docker and strata's peak memory (max RSS).
 set -euo pipefail
 ARCHIVE=$(realpath "${1:?usage: load.sh ARCHIVE [RUNS]}")
@@ -26,7 +26,9 @@ trap cleanup EXIT
 for i in $(seq 60); do $DOCKER -H "unix://$sock" info >/dev/null 2>&1 && break; sleep 1; done
 
 now() { date +%s.%N; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# drop: write back and drop the page cache, then let the discards of the last
+# removal settle, so that no run pays for the one before it.
+drop() { sync; fstrim / 2>/dev/null || true; sleep 3; echo 3 > /proc/sys/vm/drop_caches; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 : >"$work/strata.times"; : >"$work/docker.times"; : >"$work/strata.rss"
 for i in $(seq "$RUNS"); do

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/strata-storage/strata/archive"
 )
@@ -18,6 +19,27 @@ func NaiveDiff(p ProtoDriver) Driver {
 
 type naiveDiff struct {
 	ProtoDriver
+}
+
+// CopyTimer is implemented by drivers whose layers start as copies of their
+// parent (vfs). A copy has inodes of its own, so comparing the trees cannot
+// tell a file rewritten with the same size and mtime from an untouched one;
+// CopyTime(id) is when the copy was complete: a path whose ctime is not
+// before it changed in the layer itself.
+type CopyTimer interface {
+	CopyTime(id string) (time.Time, error)
+}
+
+// changes compares the mounted layer id at dir with its parent at parentDir.
+func (d *naiveDiff) changes(id, dir, parentDir string) ([]archive.Change, error) {
+	var since time.Time
+	if ct, ok := d.ProtoDriver.(CopyTimer); ok && parentDir != "" {
+		var err error
+		if since, err = ct.CopyTime(id); err != nil {
+			return nil, err
+		}
+	}
+	return archive.ChangesSince(parentDir, dir, since)
 }
 
 // mountPair gets id and parent ("" = none) and returns their paths and a
@@ -46,7 +68,7 @@ func (d *naiveDiff) Changes(id, parent string) ([]archive.Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	changes, err := archive.Changes(parentDir, dir)
+	changes, err := d.changes(id, dir, parentDir)
 	return changes, errors.Join(err, put())
 }
 
@@ -57,7 +79,7 @@ func (d *naiveDiff) Diff(id, parent string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	changes, err := archive.Changes(parentDir, dir)
+	changes, err := d.changes(id, dir, parentDir)
 	if err != nil {
 		return nil, errors.Join(err, put())
 	}
@@ -84,7 +106,7 @@ func (d *naiveDiff) DiffSize(id, parent string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	changes, err := archive.Changes(parentDir, dir)
+	changes, err := d.changes(id, dir, parentDir)
 	if err != nil {
 		return 0, errors.Join(err, put())
 	}

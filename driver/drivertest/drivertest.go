@@ -33,6 +33,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver) {
 		{"DiffApplyReproduces", testDiffApplyReproduces},
 		{"ChangeList", testChangeList},
 		{"SameSecondModification", testSameSecondModification},
+		{"RewriteKeepingSizeAndMtime", testRewriteKeepingSizeAndMtime},
 		{"DirRemovedInLower", testDirRemovedInLower},
 		{"Chown", testChown},
 		{"DirPermissions", testDirPermissions},
@@ -188,6 +189,24 @@ func testSameSecondModification(t *testing.T, d driver.Driver) {
 	createRW(t, d, "child", "base")
 	root = get(t, d, "child")
 	writeFile(t, filepath.Join(root, "f"), "b", created.Add(200*time.Millisecond))
+	put(t, d, "child")
+	checkChanges(t, d, "child", "base", "C /f")
+}
+
+// testRewriteKeepingSizeAndMtime: a file rewritten with content of the same
+// size and its mtime put back (cp -p, tar -x, rsync -t do that) is still a
+// change; a tree comparison that trusts size and mtime misses it.
+func testRewriteKeepingSizeAndMtime(t *testing.T, d driver.Driver) {
+	mtime := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	createRW(t, d, "base", "")
+	root := get(t, d, "base")
+	writeFile(t, filepath.Join(root, "f"), "old", mtime)
+	writeFile(t, filepath.Join(root, "g"), "same", mtime)
+	put(t, d, "base")
+
+	createRW(t, d, "child", "base")
+	root = get(t, d, "child")
+	writeFile(t, filepath.Join(root, "f"), "new", mtime)
 	put(t, d, "child")
 	checkChanges(t, d, "child", "base", "C /f")
 }

@@ -7,6 +7,7 @@
 //	dir/<id>/              the layer's complete tree
 //	meta/<id>/parent       the parent id (absent for a base layer)
 //	meta/<id>/children/<c> one empty marker per child layer
+//	meta/<id>/copied       its ctime is when the copy of the parent was complete
 //	dir/.tmp-<id>, meta/.tmp-<id>, dir/.removing-<id>
 //	                       staging names; a crash leaves only these, and
 //	                       New removes them
@@ -23,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/strata-storage/strata/driver"
 	"github.com/strata-storage/strata/errdefs"
@@ -179,8 +181,13 @@ func (d *Driver) stage(id, parent string) error {
 		if err := os.Chmod(tmpDir, 0o755); err != nil { // whatever the umask
 			return err
 		}
-	} else if err := copyTree(d.dir(parent), tmpDir, &d.method); err != nil {
-		return err
+	} else {
+		if err := copyTree(d.dir(parent), tmpDir, &d.method); err != nil {
+			return err
+		}
+		if err := markCopied(meta); err != nil {
+			return err
+		}
 	}
 	if err := syncFS(tmpDir); err != nil {
 		return err
@@ -189,6 +196,34 @@ func (d *Driver) stage(id, parent string) error {
 		return err
 	}
 	return driver.SyncDir(filepath.Dir(dir))
+}
+
+// markCopied records when the copy of the parent was complete, as the ctime
+// of meta/<id>/copied (see CopyTime). It waits for the kernel's coarse
+// clock to tick first, so that every copied file is strictly older.
+func markCopied(meta string) error {
+	time.Sleep(copyTick)
+	f, err := os.Create(filepath.Join(meta, "copied"))
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// copyTick is longer than a tick of the clock that stamps ctimes (HZ >= 100).
+const copyTick = 10 * time.Millisecond
+
+// CopyTime returns when layer id's copy of its parent was complete, for the
+// naive diff: a path whose ctime is not before it changed in the layer.
+func (d *Driver) CopyTime(id string) (time.Time, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(d.metaDir(id), "copied"), &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return time.Time{}, nil // a base layer: everything in it is its own
+		}
+		return time.Time{}, fmt.Errorf("copy time of layer %s: %w", id, err)
+	}
+	return time.Unix(st.Ctim.Unix()), nil
 }
 
 // syncFS flushes the file system holding path, so that a layer renamed into
