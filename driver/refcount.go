@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -90,17 +91,26 @@ func (r *RefCounter) IfUnused(id string, fn func() error) error {
 	return fn()
 }
 
-// Reset forgets every reference, for Cleanup once everything is unmounted.
-func (r *RefCounter) Reset() {
+// ReleaseAll drops every reference this process holds, running unmount once
+// for each layer that held any, for Cleanup.
+func (r *RefCounter) ReleaseAll(unmount func(id string) error) error {
 	r.mu.Lock()
 	ids := make([]string, 0, len(r.ids))
 	for id := range r.ids {
 		ids = append(ids, id)
 	}
 	r.mu.Unlock()
+	var errs []error
 	for _, id := range ids {
 		e := r.lock(id)
-		e.count = 0
+		if e.count > 0 {
+			if err := unmount(id); err != nil {
+				errs = append(errs, err)
+			} else {
+				e.count = 0
+			}
+		}
 		r.unlock(id, e)
 	}
+	return errors.Join(errs...)
 }

@@ -14,9 +14,11 @@
 //	<id>/parent       the parent id; <id>/children/<c> marks each child
 //	l/<26 chars>      short symlinks to the diff dirs
 //	.supported        the support probe passed here
+//	.lock             held shared by every process using the root (driver.RootLock)
 //	.tmp-<id>, .removing-<id>
-//	                  staging names; a crash leaves only these, and New
-//	                  removes them
+//	                  staging names; a crash leaves only these (and
+//	                  mounts), and New removes them when no other process
+//	                  uses the root
 //
 // A layer exists once <id> does: it is built as .tmp-<id> and renamed.
 package overlay
@@ -55,6 +57,7 @@ type Driver struct {
 	lineage driver.Lineage
 	refs    driver.RefCounter
 	naive   driver.Driver // for diffs against a layer other than the parent
+	lock    *driver.RootLock
 
 	mu sync.Mutex // serializes Create and Remove
 }
@@ -72,22 +75,44 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	if err := checkSupport(root); err != nil {
+	lock, alone, err := driver.LockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{root: root, lock: lock}
+	d.lineage = driver.Lineage{Dir: d.dir, Exists: d.Exists}
+	d.naive = driver.NaiveDiff(d)
+	if err := d.start(alone); err != nil {
+		lock.Close()
 		if errors.Is(statErr, fs.ErrNotExist) {
 			os.RemoveAll(root) // leave no state behind for the automatic choice
 		}
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(root, linkDir), 0o700); err != nil {
-		return nil, err
-	}
-	d := &Driver{root: root}
-	d.lineage = driver.Lineage{Dir: d.dir, Exists: d.Exists}
-	d.naive = driver.NaiveDiff(d)
-	if err := d.removeLeftovers(); err != nil {
-		return nil, err
-	}
 	return d, nil
+}
+
+// start checks that overlay works here and, when no other process uses the
+// root, removes what crashed ones left: mounts, staging dirs, dead links.
+func (d *Driver) start(alone bool) error {
+	if alone {
+		if err := d.unmountAll(); err != nil {
+			return err
+		}
+		if err := d.removeLeftovers(); err != nil {
+			return err
+		}
+	}
+	if err := checkSupport(d.root); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(d.root, linkDir), 0o700); err != nil {
+		return err
+	}
+	if alone {
+		return d.lock.Share()
+	}
+	return nil
 }
 
 func (d *Driver) dir(id string) string { return filepath.Join(d.root, id) }
@@ -108,6 +133,9 @@ func (d *Driver) removeLeftovers() error {
 		}
 	}
 	links, err := os.ReadDir(filepath.Join(d.root, linkDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -367,12 +395,15 @@ func (d *Driver) Get(id, mountLabel string) (string, error) {
 }
 
 func (d *Driver) Put(id string) error {
-	return d.refs.Release(id, func() error {
-		if _, err := os.Stat(filepath.Join(d.dir(id), "lower")); err != nil {
-			return nil // a base layer: nothing mounted
-		}
-		return unmount(filepath.Join(d.dir(id), "merged"))
-	})
+	return d.refs.Release(id, func() error { return d.unmount(id) })
+}
+
+// unmount unmounts layer id's merged dir, if it has one.
+func (d *Driver) unmount(id string) error {
+	if _, err := os.Stat(filepath.Join(d.dir(id), "lower")); err != nil {
+		return nil // a base layer: nothing mounted
+	}
+	return unmount(filepath.Join(d.dir(id), "merged"))
 }
 
 func (d *Driver) Status() [][2]string {
@@ -416,7 +447,16 @@ func (d *Driver) Capabilities() driver.Capabilities {
 }
 
 // Cleanup unmounts every mount under the driver root.
+// Cleanup unmounts what this process mounted and releases the root. Mounts
+// of other processes stay; those of crashed ones go at the next New.
 func (d *Driver) Cleanup() error {
+	err := d.refs.ReleaseAll(d.unmount)
+	return errors.Join(err, d.lock.Close())
+}
+
+// unmountAll unmounts every mount under the root: only for a root no
+// other process uses.
+func (d *Driver) unmountAll() error {
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
 		return !strings.HasPrefix(m.Mountpoint, d.root+"/"), false
 	})
@@ -427,6 +467,5 @@ func (d *Driver) Cleanup() error {
 	for _, m := range mounts {
 		errs = append(errs, unmount(m.Mountpoint))
 	}
-	d.refs.Reset()
 	return errors.Join(errs...)
 }

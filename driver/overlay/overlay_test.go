@@ -120,6 +120,18 @@ func TestLeftoversRemoved(t *testing.T) {
 	if err := os.Symlink("../a/diff", filepath.Join(root, "l", "DANGLING")); err != nil {
 		t.Fatal(err)
 	}
+	// Another process using the root may own such names: they stay.
+	other, err := driver.New(filepath.Dir(root), "overlay", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{".tmp-a", ".removing-b", "l/DANGLING"} {
+		if _, err := os.Lstat(filepath.Join(root, p)); err != nil {
+			t.Errorf("%s removed while another driver uses the root: %v", p, err)
+		}
+	}
+	other.Cleanup()
+	d.Cleanup() // the crash: every user of the root is gone
 	d, err = driver.New(filepath.Dir(root), "overlay", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,9 @@ package overlay
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,7 +44,11 @@ func checkSupport(root string) error {
 	if err := probeMount(probe); err != nil {
 		return err
 	}
-	return driver.SyncWriteFile(filepath.Join(root, supportedMarker), nil)
+	err = driver.SyncWriteFile(filepath.Join(root, supportedMarker), nil)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // another process probed at the same time
+	}
+	return err
 }
 
 func kernelHasOverlay() error {

@@ -10,7 +10,8 @@
 //	meta/<id>/copied       its ctime is when the copy of the parent was complete
 //	dir/.tmp-<id>, meta/.tmp-<id>, dir/.removing-<id>
 //	                       staging names; a crash leaves only these, and
-//	                       New removes them
+//	                       New removes them when no other process uses the root
+//	.lock                  held shared by every process using the root (driver.RootLock)
 //
 // A layer exists once dir/<id> does; meta/<id> is written before it and
 // removed after it.
@@ -47,6 +48,7 @@ type Driver struct {
 	lineage driver.Lineage
 	refs    driver.RefCounter
 	reflink bool
+	lock    *driver.RootLock
 
 	mu     sync.Mutex // serializes Create and Remove
 	method copyMethod // guarded by mu
@@ -62,11 +64,22 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 			return nil, err
 		}
 	}
-	d := &Driver{root: root}
+	lock, alone, err := driver.LockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{root: root, lock: lock}
 	d.lineage = driver.Lineage{Dir: d.metaDir, Exists: d.Exists}
 	d.Driver = driver.NaiveDiff(d)
-	if err := d.removeLeftovers(); err != nil {
-		return nil, err
+	if alone { // no other process has staging dirs here: remove a crash's
+		if err := d.removeLeftovers(); err != nil {
+			lock.Close()
+			return nil, err
+		}
+		if err := lock.Share(); err != nil {
+			lock.Close()
+			return nil, err
+		}
 	}
 	d.reflink = probeReflink(filepath.Join(root, "dir"))
 	if !d.reflink {
@@ -315,7 +328,9 @@ func (d *Driver) Capabilities() driver.Capabilities {
 }
 
 // Cleanup forgets every reference: there is nothing mounted to release.
+// Cleanup forgets this process's references (vfs mounts nothing) and
+// releases the root.
 func (d *Driver) Cleanup() error {
-	d.refs.Reset()
-	return nil
+	d.refs.ReleaseAll(func(string) error { return nil })
+	return d.lock.Close()
 }
