@@ -39,10 +39,21 @@ type ProtoDriver interface {
 	// Remove deletes a layer; it fails with errdefs.ErrInUse while the layer
 	// has children or is mounted.
 	Remove(id string) error
-	// Get mounts the layer (reference-counted) and returns its root path.
+	// Get mounts the layer and returns its root path. The reference it
+	// takes belongs to this process: Put or Cleanup releases it, and if the
+	// process dies the next start of the driver does. Mounts are shared by
+	// every process using the root: the last reference anywhere unmounts.
 	Get(id, mountLabel string) (string, error)
-	// Put releases one reference taken by Get; the last one unmounts.
+	// Put releases one reference taken by Get in this process.
 	Put(id string) error
+	// Pin mounts the layer like Get, with a reference that outlives the
+	// process: `strata mount` holds one until `strata umount` (Unpin).
+	Pin(id, mountLabel string) (string, error)
+	// Unpin releases one reference taken by Pin, in any process.
+	Unpin(id string) error
+	// Mounted returns the number of references held on id by all processes
+	// (pins included), for "refused while mounted" checks.
+	Mounted(id string) (int, error)
 	Exists(id string) bool
 	// Status returns low-level diagnostics as key/value pairs.
 	Status() [][2]string

@@ -3,7 +3,10 @@
 // or HTTP status codes without parsing messages.
 package errdefs
 
-import "errors"
+import (
+	"errors"
+	"strings"
+)
 
 var (
 	ErrNotFound     = errors.New("not found")
@@ -12,3 +15,16 @@ var (
 	ErrInvalid      = errors.New("invalid argument")
 	ErrNotSupported = errors.New("not supported")
 )
+
+// Message returns the text of err for a person: without the sentinel's own
+// words (": not found", "invalid argument: "), which tell programs what kind
+// of error it is and which the rest of the message already says.
+func Message(err error) string {
+	msg := err.Error()
+	for _, s := range []error{ErrNotFound, ErrExists, ErrInUse, ErrInvalid, ErrNotSupported} {
+		if errors.Is(err, s) {
+			msg = strings.TrimPrefix(strings.TrimSuffix(msg, ": "+s.Error()), s.Error()+": ")
+		}
+	}
+	return msg
+}

@@ -27,7 +27,7 @@ type globals struct {
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "strata:", err)
+		fmt.Fprintln(os.Stderr, "strata:", errdefs.Message(err))
 		os.Exit(exitCode(err))
 	}
 }
