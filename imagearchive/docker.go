@@ -49,21 +49,14 @@ func dockerPlan(fs files, it manifestItem) (*imagePlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	config, err := readBlob(fs, cb)
-	if err != nil {
-		return nil, err
-	}
-	pl, err := newPlan(config)
-	if err != nil {
-		return nil, err
-	}
 	layers := make([]blob, len(it.Layers))
 	for i, l := range it.Layers {
 		if layers[i], err = pathBlob(l); err != nil {
 			return nil, err
 		}
 	}
-	if err := pl.setLayers(layers); err != nil {
+	pl, err := blobPlan(fs, cb, layers)
+	if err != nil {
 		return nil, err
 	}
 	for _, t := range it.RepoTags {

@@ -96,6 +96,23 @@ func load(ctx context.Context, s *store.Store, lease *layer.Lease, fs files, p P
 	return createImages(s, plans)
 }
 
+// blobPlan plans the image whose config is the blob config and whose
+// layers, base first, are layers.
+func blobPlan(fs files, config blob, layers []blob) (*imagePlan, error) {
+	data, err := readBlob(fs, config)
+	if err != nil {
+		return nil, err
+	}
+	pl, err := newPlan(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := pl.setLayers(layers); err != nil {
+		return nil, err
+	}
+	return pl, nil
+}
+
 // newPlan checks an image config and starts its plan.
 func newPlan(config []byte) (*imagePlan, error) {
 	pl := &imagePlan{config: config, id: digest.FromBytes(config)}

@@ -137,24 +137,13 @@ func ociPlan(fs files, m ocispec.Manifest) (*imagePlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	config, err := readBlob(fs, cb)
-	if err != nil {
-		return nil, err
-	}
-	pl, err := newPlan(config)
-	if err != nil {
-		return nil, err
-	}
 	layers := make([]blob, len(m.Layers))
 	for i, l := range m.Layers {
 		if layers[i], err = descriptorBlob(l); err != nil {
 			return nil, err
 		}
 	}
-	if err := pl.setLayers(layers); err != nil {
-		return nil, err
-	}
-	return pl, nil
+	return blobPlan(fs, cb, layers)
 }
 
 // refFromAnnotations returns the tag an index gives an image: containerd's
