@@ -1,6 +1,7 @@
 package layer
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
+	"golang.org/x/sys/unix"
 )
 
 // TarStream returns the layer's tar, byte-identical to the one registered:
@@ -36,15 +38,23 @@ func (s *Store) TarStream(chainID digest.Digest) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("layer %s: mount: %w", chainID, err)
 	}
 
+	root, err := os.Open(dir)
+	if err != nil {
+		zr.Close()
+		f.Close()
+		return nil, errors.Join(err, s.driver.Put(l.CacheID))
+	}
+
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pw.CloseWithError(asm.WriteOutputTarStream(rootFileGetter(dir), storage.NewJSONUnpacker(zr), pw))
+		pw.CloseWithError(asm.WriteOutputTarStream(rootFileGetter{root}, storage.NewJSONUnpacker(zr), pw))
 	}()
 	return &tarStream{PipeReader: pr, done: done, close: func() error {
 		zr.Close()
 		f.Close()
+		root.Close()
 		return s.driver.Put(l.CacheID)
 	}}, nil
 }
@@ -64,13 +74,24 @@ func (t *tarStream) Close() error {
 }
 
 // rootFileGetter opens the files named in a tar-split inside a layer root,
-// resolving symlinks as if the root were /.
-type rootFileGetter string
+// resolving symlinks as if the root were /: with openat2's RESOLVE_IN_ROOT,
+// one system call per file, or SecureJoin where the kernel lacks openat2.
+type rootFileGetter struct{ root *os.File }
 
-func (root rootFileGetter) Get(name string) (io.ReadCloser, error) {
-	path, err := securejoin.SecureJoin(string(root), name)
-	if err != nil {
-		return nil, err
+func (g rootFileGetter) Get(name string) (io.ReadCloser, error) {
+	fd, err := unix.Openat2(int(g.root.Fd()), name, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if errors.Is(err, unix.ENOSYS) {
+		path, err := securejoin.SecureJoin(g.root.Name(), name)
+		if err != nil {
+			return nil, err
+		}
+		return os.Open(path)
 	}
-	return os.Open(path)
+	if err != nil {
+		return nil, &os.PathError{Op: "openat2", Path: name, Err: err}
+	}
+	return os.NewFile(uintptr(fd), name), nil
 }
