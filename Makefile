@@ -4,7 +4,7 @@ GO      ?= go
 IMAGES  ?= /var/tmp/strata-images
 export STRATA_TEST_IMAGES := $(IMAGES)
 
-.PHONY: build demo test test-deps images bench
+.PHONY: build demo test test-deps images bench bench-containers
 
 build:
 	$(GO) build -o bin/strata ./cmd/strata
@@ -31,3 +31,6 @@ test: test-deps images build
 
 bench: test-deps images build
 	./bench/load.sh $(IMAGES)/app.tar
+
+bench-containers: test-deps images build
+	./bench/containers.sh $(IMAGES)/app.tar

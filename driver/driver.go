@@ -1,8 +1,9 @@
 // Package driver defines the graph driver: the interface that every file
 // system strata stores layers on implements, and the registry that picks one
 // by name (registry.go), the naive diff any driver can fall back on
-// (naive.go), and the bookkeeping all drivers share: reference-counted mounts
-// (refcount.go) and parent/child links (lineage.go).
+// (naive.go), and the bookkeeping all drivers share: mounts held across
+// processes (mounts.go), the root lock (rootlock.go) and parent/child links
+// (lineage.go).
 //
 // On disk a driver owns <root>/<name>/ and nothing else; what it keeps there
 // is described in its own package.
@@ -33,6 +34,9 @@ type ProtoDriver interface {
 	// String returns the driver's name.
 	String() string
 	// Create makes a read-only layer id on top of parent ("" = none).
+	// Neither Create nor ApplyDiff syncs: the caller makes what it built
+	// durable with one SyncFS of the driver root before it records the
+	// layer anywhere, and removes what it never recorded after a crash.
 	Create(id, parent string, opts *CreateOpts) error
 	// CreateReadWrite makes a read-write (container) layer.
 	CreateReadWrite(id, parent string, opts *CreateOpts) error

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-storage/strata/errdefs"
 )
 
@@ -36,10 +38,7 @@ func (l Lineage) Adopt(parent, child string) error {
 	if err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return SyncDir(dir)
+	return f.Close() // made durable by the SyncFS that completes the child
 }
 
 // Disown drops the marker of child under parent. Call it once child is gone.
@@ -57,7 +56,7 @@ func WriteParent(dir, parent string) error {
 	if parent == "" {
 		return nil
 	}
-	return SyncWriteFile(filepath.Join(dir, "parent"), []byte(parent))
+	return os.WriteFile(filepath.Join(dir, "parent"), []byte(parent), 0o600)
 }
 
 // Parent returns the parent of id, "" for a base layer.
@@ -112,14 +111,16 @@ func SyncWriteFile(path string, data []byte) error {
 	return f.Close()
 }
 
-// SyncDir flushes a directory's entries, making renames in it durable.
-func SyncDir(dir string) error {
-	f, err := os.Open(dir)
+// SyncFS flushes the whole file system holding path: one syncfs makes a new
+// layer's files and directories durable at once, where an fsync of each
+// would cost a journal commit apiece.
+func SyncFS(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return f.Sync()
+	return unix.Syncfs(int(f.Fd()))
 }
 
 // ValidID fails with errdefs.ErrInvalid for ids that cannot name a directory

@@ -20,6 +20,13 @@ var (
 // words (": not found", "invalid argument: "), which tell programs what kind
 // of error it is and which the rest of the message already says.
 func Message(err error) string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok { // errors.Join: a line each
+		lines := make([]string, 0, len(j.Unwrap()))
+		for _, e := range j.Unwrap() {
+			lines = append(lines, Message(e))
+		}
+		return strings.Join(lines, "\n")
+	}
 	msg := err.Error()
 	for _, s := range []error{ErrNotFound, ErrExists, ErrInUse, ErrInvalid, ErrNotSupported} {
 		if errors.Is(err, s) {

@@ -1,6 +1,7 @@
 package errdefs
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 )
@@ -14,6 +15,7 @@ func TestMessage(t *testing.T) {
 		{fmt.Errorf("%w: stdin is a terminal", ErrInvalid), "stdin is a terminal"},
 		{fmt.Errorf("load: %w", fmt.Errorf("layer: %w", ErrInUse)), "load: layer"},
 		{fmt.Errorf("disk full"), "disk full"},
+		{errors.Join(fmt.Errorf("a: %w", ErrNotFound), fmt.Errorf("b: %w", ErrInUse)), "a\nb"},
 	} {
 		if got := Message(c.err); got != c.want {
 			t.Errorf("Message(%q) = %q, want %q", c.err, got, c.want)

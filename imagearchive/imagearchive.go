@@ -59,7 +59,7 @@ type SaveOptions struct {
 type ImportOptions struct {
 	Ref     string   // tag for the new image, "" = untagged
 	Message string   // history comment, default "Imported from -"
-	Changes []string // Dockerfile instructions: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE
+	Changes []string // Dockerfile instructions, see image.ApplyChanges
 }
 
 // maxJSON bounds the JSON files read whole into memory: manifests, indexes,

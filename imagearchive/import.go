@@ -27,7 +27,7 @@ type importConfig struct {
 // Import makes a one-layer image from a root file system tar (plain, gzip
 // or zstd), as docker import does, applying opts.Changes to its config.
 func Import(ctx context.Context, s *store.Store, r io.Reader, opts ImportOptions) (image.Image, error) {
-	cfg, err := applyChanges(ocispec.ImageConfig{}, opts.Changes)
+	cfg, err := image.ApplyChanges(ocispec.ImageConfig{}, opts.Changes)
 	if err != nil {
 		return image.Image{}, err
 	}

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/strata-storage/strata/errdefs"
 )
@@ -86,29 +85,5 @@ func TestImportBadChangeLeavesStore(t *testing.T) {
 	}
 	if after := storeState(t, s); !slices.Equal(before, after) {
 		t.Errorf("store changed:\n%v\n%v", before, after)
-	}
-}
-
-func TestApplyChanges(t *testing.T) {
-	for _, tc := range []struct {
-		change string
-		check  func(ocispec.ImageConfig) bool
-	}{
-		{`cmd echo hi`, func(c ocispec.ImageConfig) bool { return slices.Equal(c.Cmd, []string{"/bin/sh", "-c", "echo hi"}) }},
-		{`ENTRYPOINT []`, func(c ocispec.ImageConfig) bool { return c.Entrypoint != nil && len(c.Entrypoint) == 0 }},
-		{`ENV PATH /usr/bin:/bin`, func(c ocispec.ImageConfig) bool { return slices.Equal(c.Env, []string{"PATH=/usr/bin:/bin"}) }},
-		{`ENV X=a\ b Y='$z'`, func(c ocispec.ImageConfig) bool { return slices.Equal(c.Env, []string{"X=a b", "Y=$z"}) }},
-		{`EXPOSE 8000-8002/tcp`, func(c ocispec.ImageConfig) bool { return len(c.ExposedPorts) == 3 }},
-		{`WORKDIR /a/../b`, func(c ocispec.ImageConfig) bool { return c.WorkingDir == "/b" }},
-	} {
-		c, err := applyChanges(ocispec.ImageConfig{}, []string{tc.change})
-		if err != nil || !tc.check(c) {
-			t.Errorf("%s: %+v, %v", tc.change, c, err)
-		}
-	}
-	for _, bad := range []string{`EXPOSE 0`, `EXPOSE 80/xyz`, `LABEL novalue`, `ENV "unterminated`, `USER`, `WORKDIR`, `CMD`, `ONBUILD RUN x`} {
-		if _, err := applyChanges(ocispec.ImageConfig{}, []string{bad}); err == nil {
-			t.Errorf("%s: accepted", bad)
-		}
 	}
 }

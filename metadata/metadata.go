@@ -11,6 +11,9 @@
 //	images/<imageID>                 image records (package image)
 //	refs/<reference>                 references to image IDs (package image)
 //	meta/driver                      the storage driver the store was made with (package store)
+//	containers/<id>                  container records (package container)
+//	names/<name>                     container names to ids (package container)
+//	container-trash/<seq>            driver layers of removed containers, to delete (package container)
 //
 // bbolt takes an exclusive flock on its file for as long as it is open, so a
 // process must not keep it open: each transaction opens it and the last

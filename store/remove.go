@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/strata-storage/strata/container"
 	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/image"
 	"github.com/strata-storage/strata/layer"
@@ -54,8 +55,10 @@ type Removed struct {
 // RemoveImage removes a reference, or an image by ID, as docker rmi does:
 // it untags; the image goes when no reference is left. force removes an image
 // by ID even with several references. An image with child images is never
-// deleted. The result lists the references untagged, then the image and
-// the layers deleted, children first.
+// deleted. An image a container uses is neither deleted nor left without
+// references unless forced; then its layers stay while the container lives.
+// The result lists the references untagged, then the image and the layers
+// deleted, children first.
 func (s *Store) RemoveImage(ref string, force bool) ([]Removed, error) {
 	var out []Removed
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -75,11 +78,22 @@ func (s *Store) RemoveImage(ref string, force bool) ([]Removed, error) {
 		if err != nil {
 			return err
 		}
+		user, err := containerUsing(tx, img.ID)
+		if err != nil {
+			return err
+		}
 
 		if !isIDPrefix(img.ID, ref) {
 			left, err := untagReference(ref, refs, untag)
-			if err != nil || left > 0 || len(children) > 0 {
+			if err != nil || left > 0 {
 				return err
+			}
+			if user != "" && !force {
+				return fmt.Errorf("conflict: unable to remove repository reference %q (must force) - container %s is using its referenced image %s: %w",
+					ref, user[:12], img.ID.Encoded()[:12], errdefs.ErrInUse)
+			}
+			if len(children) > 0 {
+				return nil
 			}
 		} else {
 			short := img.ID.Encoded()[:12]
@@ -92,6 +106,9 @@ func (s *Store) RemoveImage(ref string, force bool) ([]Removed, error) {
 			}
 			if len(children) > 0 {
 				return fmt.Errorf("conflict: unable to delete %s - image has dependent child images: %w", short, errdefs.ErrInUse)
+			}
+			if user != "" && !force {
+				return fmt.Errorf("conflict: unable to delete %s (must be forced) - image is being used by stopped container %s: %w", short, user[:12], errdefs.ErrInUse)
 			}
 			for _, r := range refs {
 				if err := untag(r); err != nil {
@@ -114,6 +131,18 @@ func (s *Store) RemoveImage(ref string, force bool) ([]Removed, error) {
 		return nil, err
 	}
 	return out, s.layers.Sweep()
+}
+
+// containerUsing returns the ID of the newest container of image id, "" when
+// none uses it.
+func containerUsing(tx *bolt.Tx, id digest.Digest) (string, error) {
+	cs, err := container.All(tx)
+	for _, c := range cs {
+		if c.Image == id {
+			return c.ID, err
+		}
+	}
+	return "", err
 }
 
 // untagReference untags ref from an image with references refs and returns

@@ -1,12 +1,13 @@
 // Package store is strata's library entry point: one root directory holding
-// a graph driver's state, the layer store and the image store, opened
-// together.
+// a graph driver's state, the layer store, the image store and the container
+// store, opened together.
 //
 // On disk (mode 0711):
 //
 //	<root>/metadata.db   layers, leases, images, references, the driver's name
 //	<root>/layerdb/      tar-split of each layer (package layer)
 //	<root>/leases/       one flocked file per live lease (package layer)
+//	<root>/containers/   flocked files of container creations under way (package container)
 //	<root>/<driver>/     the graph driver's state
 //
 // Several strata processes may open one root at once: every metadata change
@@ -15,13 +16,16 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/strata-storage/strata/container"
 	"github.com/strata-storage/strata/driver"
 	_ "github.com/strata-storage/strata/driver/overlay" // registers "overlay"
 	_ "github.com/strata-storage/strata/driver/vfs"     // registers "vfs"
@@ -45,6 +49,7 @@ type Store struct {
 	driver driver.Driver
 	layers *layer.Store
 	images *image.Store
+	ctrs   *container.Store
 }
 
 // DefaultRoot is /var/lib/strata for root, else $XDG_DATA_HOME/strata
@@ -94,7 +99,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{root: root, db: db, driver: d, images: image.NewStore(db)}
+	s := &Store{root: root, db: db, driver: d, images: image.NewStore(db), ctrs: container.NewStore(db, d)}
 	err = db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -103,7 +108,7 @@ func Open(opts Options) (*Store, error) {
 		return b.Put(keyDriver, []byte(d.String()))
 	})
 	if err == nil {
-		s.layers, err = layer.NewStore(root, db, d, image.TopChains)
+		s.layers, err = layer.NewStore(root, db, d, gcRoots)
 	}
 	if err == nil {
 		err = s.GC()
@@ -135,16 +140,21 @@ func makeRoot(root string) error {
 }
 
 // driverName returns the driver to open: the one asked for, else the one
-// the root was made with. Asking for another driver while images are
-// stored on the recorded one is refused: their layers would all be missing.
+// the root was made with. Asking for another driver while images or
+// containers are stored on the recorded one is refused: their layers would
+// all be missing.
 func driverName(db *metadata.DB, root, asked string) (string, error) {
 	var recorded string
 	var images []image.Image
+	var containers []container.Container
 	err := db.View(func(tx *bolt.Tx) (err error) {
 		if b := tx.Bucket(bucketMeta); b != nil {
 			recorded = string(b.Get(keyDriver))
 		}
-		images, err = image.NewTxn(tx).List()
+		if images, err = image.NewTxn(tx).List(); err != nil {
+			return err
+		}
+		containers, err = container.All(tx)
 		return err
 	})
 	if err != nil {
@@ -153,7 +163,7 @@ func driverName(db *metadata.DB, root, asked string) (string, error) {
 	switch {
 	case asked == "":
 		return recorded, nil
-	case recorded != "" && asked != recorded && len(images) > 0:
+	case recorded != "" && asked != recorded && len(images)+len(containers) > 0:
 		return "", fmt.Errorf("store %s holds images on storage driver %s, not %s: open it with --storage-driver %s or use another --root: %w",
 			root, recorded, asked, recorded, errdefs.ErrInvalid)
 	}
@@ -168,9 +178,65 @@ func (s *Store) Driver() driver.Driver { return s.driver }
 func (s *Store) Layers() *layer.Store  { return s.layers }
 func (s *Store) Images() *image.Store  { return s.images }
 
-// GC removes layers that no image and no live lease holds, and what dead
-// leases left behind.
+func (s *Store) Containers() *container.Store { return s.ctrs }
+
+// gcRoots are the layers that images and containers hold: a container keeps
+// its image's layers even once the image is removed with force.
+func gcRoots(tx *bolt.Tx) ([]digest.Digest, error) {
+	roots, err := image.TopChains(tx)
+	if err != nil {
+		return nil, err
+	}
+	tops, err := container.TopChains(tx)
+	return append(roots, tops...), err
+}
+
+// GC removes what crashed container creations and removals left, then the
+// layers that no image, container or live lease holds, and what dead leases
+// left behind. Containers go first: their init layers are children of image
+// layers that may be unreachable otherwise.
 func (s *Store) GC() error {
+	if err := s.ctrs.Recover(); err != nil {
+		return err
+	}
+	_, err := s.layers.GC()
+	return err
+}
+
+// CreateContainer creates a container of the image imageRef names, with the
+// image config's "config" as its own, as docker create does.
+func (s *Store) CreateContainer(imageRef string, opts container.CreateOptions) (container.Container, error) {
+	img, err := s.images.Resolve(imageRef)
+	if err != nil {
+		return container.Container{}, err
+	}
+	var raw struct {
+		Config json.RawMessage `json:"config"`
+	}
+	if err := json.Unmarshal(img.Config, &raw); err != nil {
+		return container.Container{}, fmt.Errorf("image %s: config: %w", img.ID, err)
+	}
+	c := container.Container{Image: img.ID, ImageRef: imageRef, Config: raw.Config}
+	if diffIDs := img.DiffIDs(); len(diffIDs) > 0 {
+		c.Top = layer.ChainID(diffIDs)
+		top, err := s.layers.Get(c.Top)
+		if err != nil {
+			return container.Container{}, err
+		}
+		c.TopCache = top.CacheID
+	}
+	return s.ctrs.Create(c, opts)
+}
+
+// RemoveContainer removes c as Containers().Remove does and, when c's image
+// is already gone (rmi -f), the layers only c held.
+func (s *Store) RemoveContainer(c container.Container, force bool) error {
+	if err := s.ctrs.Remove(c, force); err != nil {
+		return err
+	}
+	if _, err := s.images.Get(c.Image); !errors.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
 	_, err := s.layers.GC()
 	return err
 }

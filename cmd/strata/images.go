@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -300,11 +301,11 @@ func newRmiCommand(g *globals) *cobra.Command {
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withStore(func(s *store.Store) error {
-				var errs []string
+				var errs []error
 				for _, ref := range args {
 					removed, err := s.RemoveImage(ref, force)
 					if err != nil {
-						errs = append(errs, err.Error())
+						errs = append(errs, err)
 						continue
 					}
 					for _, r := range removed {
@@ -315,10 +316,7 @@ func newRmiCommand(g *globals) *cobra.Command {
 						}
 					}
 				}
-				if len(errs) > 0 {
-					return fmt.Errorf("%s", strings.Join(errs, "\n"))
-				}
-				return nil
+				return errors.Join(errs...)
 			})
 		},
 	}

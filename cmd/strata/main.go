@@ -54,7 +54,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.root, "root", store.DefaultRoot(), "root directory of the store")
-	root.PersistentFlags().StringVarP(&g.driver, "storage-driver", "s", "", "storage driver (default: automatic; one of "+fmt.Sprint(driver.Names())+")")
+	root.PersistentFlags().StringVar(&g.driver, "storage-driver", "", "storage driver (default: automatic; one of "+fmt.Sprint(driver.Names())+")")
 	root.PersistentFlags().StringArrayVar(&g.driverOpts, "storage-opt", nil, "storage driver option key=value")
 
 	root.AddCommand(
@@ -62,6 +62,8 @@ func newRootCommand() *cobra.Command {
 		newImagesCommand(g), newImageCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newInfoCommand(g),
 	)
+	root.AddCommand(containerCommands(g)...)
+	root.AddCommand(fsCommands(g)...)
 	return root
 }
 

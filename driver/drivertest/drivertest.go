@@ -19,9 +19,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Run runs every case against its own driver from newDriver, which should
-// root it in t.TempDir(). The driver is cleaned up after each case.
-func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver) {
+// Run runs every case against its own store root, a fresh t.TempDir().
+// newDriver starts the driver with its state under root, as driver.New
+// does; the cases on several processes start more than one driver on one
+// root, each standing for a process, and one starts the test binary again
+// as a child process. Drivers are cleaned up after each case.
+func Run(t *testing.T, newDriver func(t *testing.T, root string) driver.Driver) {
 	cases := []struct {
 		name string
 		fn   func(*testing.T, driver.Driver)
@@ -48,15 +51,40 @@ func Run(t *testing.T, newDriver func(t *testing.T) driver.Driver) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			d := newDriver(t)
-			t.Cleanup(func() {
-				if err := d.Cleanup(); err != nil {
-					t.Errorf("Cleanup: %v", err)
-				}
-			})
-			c.fn(t, d)
+			c.fn(t, open(t, newDriver, t.TempDir()))
 		})
 	}
+	processCases := []struct {
+		name string
+		fn   func(t *testing.T, root string, open func(root string) driver.Driver)
+	}{
+		{"TwoProcessesShareOneMount", testTwoProcessesShareOneMount},
+		{"PinOutlivesCleanup", testPinOutlivesCleanup},
+		{"RemovePinnedRefused", testRemovePinnedRefused},
+		{"CrashedProcessMountRecovered", testCrashedProcessMountRecovered},
+		{"ConcurrentGetPutTwoProcesses", testConcurrentGetPutTwoProcesses},
+	}
+	for _, c := range processCases {
+		t.Run(c.name, func(t *testing.T) {
+			root := os.Getenv(childEnv) // the child of a crash case shares its parent's
+			if root == "" {
+				root = t.TempDir()
+			}
+			c.fn(t, root, func(root string) driver.Driver { return open(t, newDriver, root) })
+		})
+	}
+}
+
+// open starts a driver on root that is cleaned up at the end of t; a case
+// may clean it up earlier.
+func open(t *testing.T, newDriver func(*testing.T, string) driver.Driver, root string) driver.Driver {
+	d := newDriver(t, root)
+	t.Cleanup(func() {
+		if err := d.Cleanup(); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	})
+	return d
 }
 
 func testEmptyRootIs0755(t *testing.T, d driver.Driver) {
@@ -412,12 +440,11 @@ func testConcurrentGetPut(t *testing.T, d driver.Driver) {
 					errs <- err
 					return
 				}
-				if p != want {
-					errs <- fmt.Errorf("Get returned %s, before %s", p, want)
-				} else if b, err := os.ReadFile(filepath.Join(p, "a")); err != nil || string(b) != "a" {
-					errs <- fmt.Errorf("read a through the mount: %q, %v", b, err)
+				b, err := os.ReadFile(filepath.Join(p, "a"))
+				if err != nil || string(b) != "a" || p != want {
+					err = fmt.Errorf("read a through %s (want %s): %q, %v", p, want, b, err)
 				}
-				if err := d.Put("child"); err != nil {
+				if err := errors.Join(err, d.Put("child")); err != nil {
 					errs <- err
 					return
 				}

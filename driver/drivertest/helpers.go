@@ -309,3 +309,13 @@ func mountedUnder(t *testing.T, dirs ...string) []string {
 	}
 	return out
 }
+
+// mountCount returns how many mounts are stacked exactly at p.
+func mountCount(t *testing.T, p string) int {
+	t.Helper()
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(mounts)
+}

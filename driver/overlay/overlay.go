@@ -15,10 +15,12 @@
 //	l/<26 chars>      short symlinks to the diff dirs
 //	.supported        the support probe passed here
 //	.lock             held shared by every process using the root (driver.RootLock)
+//	.procs/<token>    one per process using the root (driver.Mounts)
+//	.mounts/<id>/     who holds layer id's mount: processes and pins (driver.Mounts)
 //	.tmp-<id>, .removing-<id>
 //	                  staging names; a crash leaves only these (and
-//	                  mounts), and New removes them when no other process
-//	                  uses the root
+//	                  mounts nobody holds), and New removes them when no
+//	                  other process uses the root
 //
 // A layer exists once <id> does: it is built as .tmp-<id> and renamed.
 package overlay
@@ -55,7 +57,7 @@ func init() {
 type Driver struct {
 	root    string
 	lineage driver.Lineage
-	refs    driver.RefCounter
+	mounts  *driver.Mounts
 	naive   driver.Driver // for diffs against a layer other than the parent
 	lock    *driver.RootLock
 
@@ -79,10 +81,16 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{root: root, lock: lock}
+	mounts, err := driver.OpenMounts(root)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	d := &Driver{root: root, lock: lock, mounts: mounts}
 	d.lineage = driver.Lineage{Dir: d.dir, Exists: d.Exists}
 	d.naive = driver.NaiveDiff(d)
 	if err := d.start(alone); err != nil {
+		mounts.Close(d.unmount)
 		lock.Close()
 		if errors.Is(statErr, fs.ErrNotExist) {
 			os.RemoveAll(root) // leave no state behind for the automatic choice
@@ -93,10 +101,14 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 }
 
 // start checks that overlay works here and, when no other process uses the
-// root, removes what crashed ones left: mounts, staging dirs, dead links.
+// root, removes what crashed ones left: mounts nobody holds, staging dirs,
+// dead links.
 func (d *Driver) start(alone bool) error {
 	if alone {
-		if err := d.unmountAll(); err != nil {
+		if err := d.mounts.Recover(); err != nil {
+			return err
+		}
+		if err := d.unmountStale(); err != nil {
 			return err
 		}
 		if err := d.removeLeftovers(); err != nil {
@@ -235,7 +247,7 @@ func (d *Driver) stage(tmp, id, parent, lower string, rw bool) error {
 				return err
 			}
 		}
-		if err := driver.SyncWriteFile(filepath.Join(tmp, "lower"), []byte(lower)); err != nil {
+		if err := os.WriteFile(filepath.Join(tmp, "lower"), []byte(lower), 0o600); err != nil {
 			return err
 		}
 		if err := driver.WriteParent(tmp, parent); err != nil {
@@ -246,10 +258,7 @@ func (d *Driver) stage(tmp, id, parent, lower string, rw bool) error {
 	if err != nil {
 		return err
 	}
-	if err := driver.SyncWriteFile(filepath.Join(tmp, "link"), []byte(link)); err != nil {
-		return err
-	}
-	if err := driver.SyncDir(tmp); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, "link"), []byte(link), 0o600); err != nil {
 		return err
 	}
 	// The link dangles until the rename below and is removed at start if
@@ -258,14 +267,11 @@ func (d *Driver) stage(tmp, id, parent, lower string, rw bool) error {
 	if err := os.Symlink(filepath.Join("..", id, "diff"), filepath.Join(links, link)); err != nil {
 		return err
 	}
-	if err := driver.SyncDir(links); err != nil {
-		return err
-	}
 	if err := os.Rename(tmp, d.dir(id)); err != nil {
 		os.Remove(filepath.Join(links, link))
 		return err
 	}
-	return driver.SyncDir(d.root)
+	return nil // durable at the caller's SyncFS, see driver.ProtoDriver.Create
 }
 
 // newLink returns a random 26-character short link name.
@@ -290,7 +296,7 @@ func (d *Driver) Remove(id string) error {
 	if !d.Exists(id) {
 		return fmt.Errorf("remove layer %s: %w", id, errdefs.ErrNotFound)
 	}
-	return d.refs.IfUnused(id, func() error {
+	return d.mounts.IfUnused(id, func() error {
 		if err := d.lineage.CheckRemovable(id); err != nil {
 			return err
 		}
@@ -313,7 +319,7 @@ func (d *Driver) remove(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := unmount(filepath.Join(dir, "merged")); err != nil { // left by a crash
+	if err := unmount(filepath.Join(dir, "merged")); err != nil { // left by a dead holder
 		return err
 	}
 	removing := d.dir(".removing-" + id)
@@ -368,34 +374,70 @@ func (d *Driver) load(id string) (layer, error) {
 	return l, nil
 }
 
-// Get returns the diff dir of a base layer, which needs no mount, and
-// otherwise mounts the layer at <id>/merged: read-write layers with their
-// diff as upper dir, read-only ones as a read-only stack of lowers.
-// mountLabel is ignored: strata does not run SELinux contexts.
+// Get returns the diff dir of a base layer, which needs no mount but is
+// still counted, and otherwise mounts the layer at <id>/merged: read-write
+// layers with their diff as upper dir, read-only ones as a read-only stack
+// of lowers. mountLabel is ignored: strata does not run SELinux contexts.
 func (d *Driver) Get(id, mountLabel string) (string, error) {
-	l, err := d.load(id)
+	path, mount, err := d.mounter(id)
 	if err != nil {
 		return "", err
 	}
+	if err := d.mounts.Acquire(id, mount); err != nil {
+		return "", fmt.Errorf("get layer %s: %w", id, err)
+	}
+	return path, nil
+}
+
+func (d *Driver) Put(id string) error {
+	return d.mounts.Release(id, func() error { return d.unmount(id) })
+}
+
+// Pin mounts the layer as Get does, for a reference that outlives this
+// process.
+func (d *Driver) Pin(id, mountLabel string) (string, error) {
+	path, mount, err := d.mounter(id)
+	if err != nil {
+		return "", err
+	}
+	if err := d.mounts.Pin(id, mount); err != nil {
+		return "", fmt.Errorf("pin layer %s: %w", id, err)
+	}
+	return path, nil
+}
+
+func (d *Driver) Unpin(id string) error {
+	return d.mounts.Unpin(id, func() error { return d.unmount(id) })
+}
+
+func (d *Driver) Mounted(id string) (int, error) {
+	if !d.Exists(id) {
+		return 0, fmt.Errorf("layer %s: %w", id, errdefs.ErrNotFound)
+	}
+	return d.mounts.Count(id)
+}
+
+// mounter returns the root path of layer id and the func that mounts it
+// there. A holder that died may have left the layer mounted: the func
+// unmounts first, so that mounts never stack.
+func (d *Driver) mounter(id string) (string, func() error, error) {
+	l, err := d.load(id)
+	if err != nil {
+		return "", nil, err
+	}
 	if len(l.lowers) == 0 {
-		err := d.refs.Acquire(id, func() error { return nil })
-		return l.diff, err
+		return l.diff, func() error { return nil }, nil
 	}
 	merged := filepath.Join(d.dir(id), "merged")
-	err = d.refs.Acquire(id, func() error {
+	return merged, func() error {
+		if err := unmount(merged); err != nil {
+			return err
+		}
 		if l.rw {
 			return mountOverlay(d.root, merged, l.lowers, l.diff, filepath.Join(d.dir(id), "work"))
 		}
 		return mountOverlay(d.root, merged, append([]string{l.diff}, l.lowers...), "", "")
-	})
-	if err != nil {
-		return "", fmt.Errorf("get layer %s: %w", id, err)
-	}
-	return merged, nil
-}
-
-func (d *Driver) Put(id string) error {
-	return d.refs.Release(id, func() error { return d.unmount(id) })
+	}, nil
 }
 
 // unmount unmounts layer id's merged dir, if it has one.
@@ -446,17 +488,17 @@ func (d *Driver) Capabilities() driver.Capabilities {
 	return driver.Capabilities{ParallelApply: true}
 }
 
-// Cleanup unmounts every mount under the driver root.
-// Cleanup unmounts what this process mounted and releases the root. Mounts
-// of other processes stay; those of crashed ones go at the next New.
+// Cleanup releases this process's Get references, unmounting what no
+// other process or pin holds, and releases the root. Pinned layers stay
+// mounted; those of crashed processes go at the next New that is alone.
 func (d *Driver) Cleanup() error {
-	err := d.refs.ReleaseAll(d.unmount)
-	return errors.Join(err, d.lock.Close())
+	return errors.Join(d.mounts.Close(d.unmount), d.lock.Close())
 }
 
-// unmountAll unmounts every mount under the root: only for a root no
-// other process uses.
-func (d *Driver) unmountAll() error {
+// unmountStale unmounts every mount under the root except the merged dirs
+// of layers that still have a live holder (pins): only for a root no other
+// process uses, once dead holders are gone.
+func (d *Driver) unmountStale() error {
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
 		return !strings.HasPrefix(m.Mountpoint, d.root+"/"), false
 	})
@@ -465,6 +507,17 @@ func (d *Driver) unmountAll() error {
 	}
 	var errs []error
 	for _, m := range mounts {
+		id, sub, _ := strings.Cut(strings.TrimPrefix(m.Mountpoint, d.root+"/"), "/")
+		if sub == "merged" && d.Exists(id) {
+			n, err := d.mounts.Count(id)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if n > 0 {
+				continue
+			}
+		}
 		errs = append(errs, unmount(m.Mountpoint))
 	}
 	return errors.Join(errs...)

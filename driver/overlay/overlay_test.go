@@ -16,10 +16,16 @@ import (
 
 func newDriver(t *testing.T) driver.Driver {
 	t.Helper()
+	return newDriverIn(t, t.TempDir())
+}
+
+// newDriverIn starts the overlay driver in the store root root.
+func newDriverIn(t *testing.T, root string) driver.Driver {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("overlay mounts need root")
 	}
-	d, err := driver.New(t.TempDir(), "overlay", nil)
+	d, err := driver.New(root, "overlay", nil)
 	if errors.Is(err, errdefs.ErrNotSupported) {
 		t.Skipf("overlay does not work here: %v", err)
 	}
@@ -30,7 +36,7 @@ func newDriver(t *testing.T) driver.Driver {
 }
 
 func TestConformance(t *testing.T) {
-	drivertest.Run(t, newDriver)
+	drivertest.Run(t, newDriverIn)
 }
 
 // TestStack200 mounts a stack whose lower dirs would not fit in one page

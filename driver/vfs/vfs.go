@@ -12,6 +12,9 @@
 //	                       staging names; a crash leaves only these, and
 //	                       New removes them when no other process uses the root
 //	.lock                  held shared by every process using the root (driver.RootLock)
+//	.procs/<token>         one per process using the root (driver.Mounts)
+//	.mounts/<id>/          who holds layer id: processes and pins (driver.Mounts);
+//	                       nothing is mounted, but Remove refuses a held layer
 //
 // A layer exists once dir/<id> does; meta/<id> is written before it and
 // removed after it.
@@ -46,7 +49,7 @@ type Driver struct {
 
 	root    string
 	lineage driver.Lineage
-	refs    driver.RefCounter
+	mounts  *driver.Mounts
 	reflink bool
 	lock    *driver.RootLock
 
@@ -68,15 +71,21 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{root: root, lock: lock}
+	mounts, err := driver.OpenMounts(root)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	d := &Driver{root: root, lock: lock, mounts: mounts}
 	d.lineage = driver.Lineage{Dir: d.metaDir, Exists: d.Exists}
 	d.Driver = driver.NaiveDiff(d)
-	if alone { // no other process has staging dirs here: remove a crash's
-		if err := d.removeLeftovers(); err != nil {
-			lock.Close()
-			return nil, err
+	if alone { // no other process has work in progress here: remove a crash's
+		err := errors.Join(mounts.Recover(), d.removeLeftovers())
+		if err == nil {
+			err = lock.Share()
 		}
-		if err := lock.Share(); err != nil {
+		if err != nil {
+			mounts.Close(unmountNothing)
 			lock.Close()
 			return nil, err
 		}
@@ -202,13 +211,10 @@ func (d *Driver) stage(id, parent string) error {
 			return err
 		}
 	}
-	if err := syncFS(tmpDir); err != nil {
-		return err
-	}
 	if err := os.Rename(tmpDir, dir); err != nil {
 		return err
 	}
-	return driver.SyncDir(filepath.Dir(dir))
+	return nil // durable at the caller's SyncFS, see driver.ProtoDriver.Create
 }
 
 // markCopied records when the copy of the parent was complete, as the ctime
@@ -239,24 +245,13 @@ func (d *Driver) CopyTime(id string) (time.Time, error) {
 	return time.Unix(st.Ctim.Unix()), nil
 }
 
-// syncFS flushes the file system holding path, so that a layer renamed into
-// place never has content still only in the page cache.
-func syncFS(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
-}
-
 func (d *Driver) Remove(id string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.Exists(id) {
 		return fmt.Errorf("remove layer %s: %w", id, errdefs.ErrNotFound)
 	}
-	return d.refs.IfUnused(id, func() error {
+	return d.mounts.IfUnused(id, func() error {
 		if err := d.lineage.CheckRemovable(id); err != nil {
 			return err
 		}
@@ -283,21 +278,47 @@ func (d *Driver) Remove(id string) error {
 // Get returns the layer's directory; nothing is mounted, but references
 // are still counted so that Remove refuses a layer in use.
 func (d *Driver) Get(id, mountLabel string) (string, error) {
-	err := d.refs.Acquire(id, func() error {
-		if !d.Exists(id) {
-			return fmt.Errorf("get layer %s: %w", id, errdefs.ErrNotFound)
-		}
-		return nil
-	})
-	if err != nil {
-		return "", err
+	if err := d.mounts.Acquire(id, d.checkExists(id)); err != nil {
+		return "", fmt.Errorf("get layer %s: %w", id, err)
 	}
 	return d.dir(id), nil
 }
 
 func (d *Driver) Put(id string) error {
-	return d.refs.Release(id, func() error { return nil })
+	return d.mounts.Release(id, func() error { return nil })
 }
+
+// Pin is Get with a reference that outlives this process.
+func (d *Driver) Pin(id, mountLabel string) (string, error) {
+	if err := d.mounts.Pin(id, d.checkExists(id)); err != nil {
+		return "", fmt.Errorf("pin layer %s: %w", id, err)
+	}
+	return d.dir(id), nil
+}
+
+func (d *Driver) Unpin(id string) error {
+	return d.mounts.Unpin(id, func() error { return nil })
+}
+
+func (d *Driver) Mounted(id string) (int, error) {
+	if !d.Exists(id) {
+		return 0, fmt.Errorf("layer %s: %w", id, errdefs.ErrNotFound)
+	}
+	return d.mounts.Count(id)
+}
+
+// checkExists is what stands for a mount: under the layer's lock, so that
+// a reference is never taken on a layer being removed.
+func (d *Driver) checkExists(id string) func() error {
+	return func() error {
+		if !d.Exists(id) {
+			return errdefs.ErrNotFound
+		}
+		return nil
+	}
+}
+
+func unmountNothing(string) error { return nil }
 
 func (d *Driver) Exists(id string) bool {
 	if driver.ValidID(id) != nil {
@@ -327,10 +348,8 @@ func (d *Driver) Capabilities() driver.Capabilities {
 	return driver.Capabilities{ParallelApply: false}
 }
 
-// Cleanup forgets every reference: there is nothing mounted to release.
-// Cleanup forgets this process's references (vfs mounts nothing) and
-// releases the root.
+// Cleanup releases this process's references (vfs mounts nothing) and the
+// root; pins stay.
 func (d *Driver) Cleanup() error {
-	d.refs.ReleaseAll(func(string) error { return nil })
-	return d.lock.Close()
+	return errors.Join(d.mounts.Close(unmountNothing), d.lock.Close())
 }

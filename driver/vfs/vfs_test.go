@@ -16,8 +16,8 @@ func TestConformance(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("the conformance suite chowns and makes device nodes: needs root")
 	}
-	drivertest.Run(t, func(t *testing.T) driver.Driver {
-		d, err := driver.New(t.TempDir(), "vfs", nil)
+	drivertest.Run(t, func(t *testing.T, root string) driver.Driver {
+		d, err := driver.New(root, "vfs", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

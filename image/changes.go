@@ -1,4 +1,4 @@
-package imagearchive
+package image
 
 import (
 	"encoding/json"
@@ -15,9 +15,14 @@ import (
 	"github.com/strata-storage/strata/errdefs"
 )
 
-// applyChanges applies Dockerfile instructions to a config, as the
-// --change flag of docker import does.
-func applyChanges(cfg ocispec.ImageConfig, changes []string) (ocispec.ImageConfig, error) {
+// ApplyChanges applies Dockerfile instructions to a config, as the
+// --change flags of docker import and docker commit do: CMD, ENTRYPOINT,
+// ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME and WORKDIR. ONBUILD, which
+// Docker also takes, is refused: an OCI config has no field to keep it in.
+// cfg's maps and slices are not modified.
+func ApplyChanges(cfg ocispec.ImageConfig, changes []string) (ocispec.ImageConfig, error) {
+	cfg.Env = slices.Clone(cfg.Env)
+	cfg.Labels = maps.Clone(cfg.Labels)
 	for _, change := range changes {
 		if err := applyChange(&cfg, change); err != nil {
 			return cfg, fmt.Errorf("change %q: %w", change, err)
@@ -67,8 +72,15 @@ func applyChange(cfg *ocispec.ImageConfig, change string) error {
 		cfg.User = args
 	case "EXPOSE":
 		err = expose(cfg, args)
+	case "VOLUME":
+		err = volume(cfg, args)
+	case "STOPSIGNAL":
+		if args == "" || strings.ContainsAny(args, " \t") {
+			return fmt.Errorf("STOPSIGNAL needs one signal: %w", errdefs.ErrInvalid)
+		}
+		cfg.StopSignal = args
 	default:
-		return fmt.Errorf("only CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER and WORKDIR can be changed: %w", errdefs.ErrNotSupported)
+		return fmt.Errorf("only CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME and WORKDIR can be changed: %w", errdefs.ErrNotSupported)
 	}
 	return err
 }
@@ -198,5 +210,28 @@ func expose(cfg *ocispec.ImageConfig, args string) error {
 		}
 	}
 	cfg.ExposedPorts = exposed
+	return nil
+}
+
+// volume adds mount points given as a JSON array or as words.
+func volume(cfg *ocispec.ImageConfig, args string) error {
+	var paths []string
+	if !strings.HasPrefix(args, "[") || json.Unmarshal([]byte(args), &paths) != nil {
+		paths = strings.Fields(args)
+	}
+	if len(paths) == 0 {
+		return fmt.Errorf("VOLUME needs a path: %w", errdefs.ErrInvalid)
+	}
+	volumes := maps.Clone(cfg.Volumes)
+	if volumes == nil {
+		volumes = make(map[string]struct{})
+	}
+	for _, p := range paths {
+		if p == "" {
+			return fmt.Errorf("VOLUME path is empty: %w", errdefs.ErrInvalid)
+		}
+		volumes[p] = struct{}{}
+	}
+	cfg.Volumes = volumes
 	return nil
 }
