@@ -1,8 +1,10 @@
 package archive
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"slices"
@@ -21,8 +23,10 @@ import (
 // within one second. A file that is the parent's own inode (a snapshot of
 // it, as btrfs and thin devices make) is modified when its ctime moved,
 // which catches a rewrite that kept size and mtime. A directory is modified
-// by its own metadata only (but adding or removing a child moves its
-// mtime). Of a deleted subtree only its top is reported.
+// when its mode, owner or xattrs differ, or when it holds a change, as
+// docker diff reports it; its times are not compared, since they move with
+// every entry added or removed. Of a deleted subtree only its top is
+// reported.
 func Changes(parentDir, dir string) ([]Change, error) {
 	return ChangesSince(parentDir, dir, time.Time{})
 }
@@ -97,8 +101,14 @@ func (c comparer) dirs(parentDir, dir, rel string, changes *[]Change) error {
 			if !isDir(&old) {
 				lower = ""
 			}
+			before := len(*changes)
 			if err := c.dirs(lower, dir, p, changes); err != nil {
 				return err
+			}
+			// A directory holding changes is changed too, as docker diff
+			// reports it: its entry carries the permissions to restore.
+			if same && len(*changes) > before {
+				*changes = append(*changes, Change{Path: p, Kind: ChangeModify})
 			}
 		}
 	}
@@ -126,15 +136,25 @@ func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
 // sameFile reports whether the file at newPath has the metadata of the one
 // at oldPath, as Changes defines it.
 func (c comparer) sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool, error) {
-	if old.Mode != st.Mode || old.Uid != st.Uid || old.Gid != st.Gid ||
-		old.Mtim != st.Mtim || old.Rdev != st.Rdev {
+	if old.Mode != st.Mode || old.Uid != st.Uid || old.Gid != st.Gid || old.Rdev != st.Rdev {
 		return false, nil
 	}
-	if old.Ino == st.Ino && old.Ctim != st.Ctim {
-		return false, nil // the parent's inode, changed since the snapshot
+	if isDir(st) {
+		// Adding or removing an entry moves a directory's times; that shows
+		// as the change of the entry, and of the directory as its parent.
+		return SameXattrs(oldPath, newPath)
 	}
-	if c.since != (unix.Timespec{}) && !before(st.Ctim, c.since) {
-		return false, nil // changed since the copy
+	if old.Mtim != st.Mtim {
+		return false, nil
+	}
+	snapshotTouched := old.Ino == st.Ino && old.Ctim != st.Ctim              // the parent's inode, changed since
+	copyTouched := c.since != (unix.Timespec{}) && !before(st.Ctim, c.since) // changed since the copy
+	if (snapshotTouched || copyTouched) && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		// Touched, but maybe only linked or chmodded back: what counts
+		// is the content.
+		if same, err := SameContent(oldPath, newPath); err != nil || !same {
+			return false, err
+		}
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
@@ -151,6 +171,12 @@ func (c comparer) sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool,
 			return false, err
 		}
 	}
+	return SameXattrs(oldPath, newPath)
+}
+
+// SameXattrs reports whether both files carry the same xattrs, as far as a
+// layer keeps them (overlay's own are not image content).
+func SameXattrs(oldPath, newPath string) (bool, error) {
 	oldXattrs, err := imageXattrs(oldPath)
 	if err != nil {
 		return false, err
@@ -199,3 +225,34 @@ func ChangesSize(dir string, changes []Change) (int64, error) {
 
 // fileID identifies an inode, to recognise hard links.
 type fileID struct{ dev, ino uint64 }
+
+// SameContent compares two files of equal size byte for byte.
+func SameContent(a, b string) (bool, error) {
+	fa, err := os.Open(a)
+	if err != nil {
+		return false, err
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		return false, err
+	}
+	defer fb.Close()
+	bufA, bufB := make([]byte, 64<<10), make([]byte, 64<<10)
+	for {
+		na, errA := io.ReadFull(fa, bufA)
+		nb, errB := io.ReadFull(fb, bufB)
+		if na != nb || !bytes.Equal(bufA[:na], bufB[:nb]) {
+			return false, nil
+		}
+		if errA == io.EOF || errA == io.ErrUnexpectedEOF {
+			return errB == io.EOF || errB == io.ErrUnexpectedEOF, nil
+		}
+		if errA != nil {
+			return false, errA
+		}
+		if errB != nil {
+			return false, errB
+		}
+	}
+}

@@ -225,6 +225,7 @@ func (tw *tarWriter) writeMarker(name string, st *unix.Stat_t) error {
 	return tw.WriteHeader(&tar.Header{
 		Name:     name,
 		Typeflag: tar.TypeReg,
+		Mode:     0o600, // as Docker writes whiteouts
 		Uid:      int(st.Uid),
 		Gid:      int(st.Gid),
 		ModTime:  time.Unix(st.Mtim.Sec, st.Mtim.Nsec),

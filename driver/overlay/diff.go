@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/strata-storage/strata/archive"
 	"golang.org/x/sys/unix"
@@ -44,7 +43,9 @@ func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 	return archive.Apply(l.diff, diff, archive.ApplyOptions{Whiteouts: archive.WhiteoutOverlay})
 }
 
-// Diff writes the diff dir as a layer tar, translating whiteouts.
+// Diff writes the layer tar of Changes, reading only the diff dir: what a
+// copy-up put there unchanged (the target of a new hard link) stays out,
+// as in the layers Docker commits.
 func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	l, ok, err := d.native(id, parent)
 	if err != nil {
@@ -53,15 +54,19 @@ func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	if !ok {
 		return d.naive.Diff(id, parent)
 	}
+	changes, err := upperChanges(l.diff, l.lowers)
+	if err != nil {
+		return nil, err
+	}
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(archive.WriteDir(pw, l.diff, archive.WriteOptions{Whiteouts: archive.WhiteoutOverlay}))
+		pw.CloseWithError(archive.WriteChanges(pw, l.diff, changes))
 	}()
 	return pr, nil
 }
 
-// DiffSize counts the bytes of regular files in the diff dir, each inode
-// once, as ApplyDiff counted them.
+// DiffSize counts the bytes of the regular files of Changes, each inode
+// once, as Diff would write them.
 func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	l, ok, err := d.native(id, parent)
 	if err != nil {
@@ -70,31 +75,18 @@ func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	if !ok {
 		return d.naive.DiffSize(id, parent)
 	}
-	var size int64
-	seen := map[uint64]bool{}
-	err = filepath.WalkDir(l.diff, func(p string, e fs.DirEntry, err error) error {
-		if err != nil || !e.Type().IsRegular() {
-			return err
-		}
-		fi, err := e.Info()
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Nlink > 1 {
-			if seen[st.Ino] {
-				return nil
-			}
-			seen[st.Ino] = true
-		}
-		size += fi.Size()
-		return nil
-	})
-	return size, err
+	changes, err := upperChanges(l.diff, l.lowers)
+	if err != nil {
+		return 0, err
+	}
+	return archive.ChangesSize(l.diff, changes)
 }
 
 // Changes walks the diff dir only: a whiteout is a deletion, an entry the
-// parents do not have an addition, anything else a modification. Only an
+// parents do not have an addition. An entry the parents have is a
+// modification when it differs from theirs: a file copied up only to be
+// hard-linked, or chmodded back, is not, as docker diff has it; a directory
+// is when its mode, owner or xattrs differ or it holds a change. Only an
 // opaque directory makes it read the parents' listing, to report what the
 // directory hid.
 func (d *Driver) Changes(id, parent string) ([]archive.Change, error) {
@@ -109,47 +101,128 @@ func (d *Driver) Changes(id, parent string) ([]archive.Change, error) {
 }
 
 func upperChanges(upper string, lowers []string) ([]archive.Change, error) {
-	u := &union{lowers: lowers, dirs: map[string][]string{}}
-	var changes []archive.Change
-	err := filepath.WalkDir(upper, func(p string, e fs.DirEntry, err error) error {
+	w := &upperWalk{upper: upper, u: &union{lowers: lowers, dirs: map[string][]string{}}}
+	if err := w.dir(""); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(w.changes, func(a, b archive.Change) int { return strings.Compare(a.Path, b.Path) })
+	return w.changes, nil
+}
+
+// upperWalk collects the changes of an upper dir.
+type upperWalk struct {
+	upper   string
+	u       *union
+	changes []archive.Change
+}
+
+// dir reports the changes under the directory rel ("" for the root, else
+// "/a/b") of the upper dir.
+func (w *upperWalk) dir(rel string) error {
+	entries, err := os.ReadDir(w.upper + rel)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		p := rel + "/" + e.Name()
+		full := w.upper + p
+		if e.Type()&fs.ModeCharDevice != 0 && isWhiteout(full) {
+			w.add(p, archive.ChangeDelete)
+			continue
+		}
+		lower, err := w.u.lookup(p)
 		if err != nil {
 			return err
 		}
-		if p == upper {
-			return nil
+		if lower == "" {
+			w.add(p, archive.ChangeAdd)
+			if e.IsDir() {
+				if err := w.dir(p); err != nil {
+					return err
+				}
+			}
+			continue
 		}
-		rel := "/" + filepath.ToSlash(strings.TrimPrefix(p, upper+"/"))
-		if e.Type()&fs.ModeCharDevice != 0 && isWhiteout(p) {
-			changes = append(changes, archive.Change{Path: rel, Kind: archive.ChangeDelete})
-			return nil
-		}
-		inParent, err := u.exists(rel)
+		same, err := sameEntry(lower, full)
 		if err != nil {
 			return err
 		}
-		kind := archive.ChangeAdd
-		if inParent {
-			kind = archive.ChangeModify
+		if !e.IsDir() {
+			if !same {
+				w.add(p, archive.ChangeModify)
+			}
+			continue
 		}
-		changes = append(changes, archive.Change{Path: rel, Kind: kind})
-		if !e.IsDir() || !inParent || !isOpaque(p) {
-			return nil
-		}
-		hidden, err := u.names(rel)
-		if err != nil {
-			return err
-		}
-		for _, name := range hidden {
-			if _, err := os.Lstat(filepath.Join(p, name)); errors.Is(err, fs.ErrNotExist) {
-				changes = append(changes, archive.Change{Path: path.Join(rel, name), Kind: archive.ChangeDelete})
-			} else if err != nil {
+		at := len(w.changes)
+		if isOpaque(full) {
+			if err := w.hidden(p, full); err != nil {
 				return err
 			}
 		}
-		return nil
-	})
-	slices.SortFunc(changes, func(a, b archive.Change) int { return strings.Compare(a.Path, b.Path) })
-	return changes, err
+		if err := w.dir(p); err != nil {
+			return err
+		}
+		if !same || len(w.changes) > at {
+			w.add(p, archive.ChangeModify)
+		}
+	}
+	return nil
+}
+
+func (w *upperWalk) add(p string, kind archive.ChangeKind) {
+	w.changes = append(w.changes, archive.Change{Path: p, Kind: kind})
+}
+
+// hidden reports as deleted what the opaque directory p hides of the
+// parents and does not have itself.
+func (w *upperWalk) hidden(p, full string) error {
+	names, err := w.u.names(p)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if _, err := os.Lstat(filepath.Join(full, name)); errors.Is(err, fs.ErrNotExist) {
+			w.add(path.Join(p, name), archive.ChangeDelete)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sameEntry reports whether the upper entry at full is the lower one at
+// lower unchanged: type, mode, owner, device, image xattrs and, for a
+// non-directory, mtime, size, link target and content. Content is compared
+// only when all else is equal, which is rare: a copy-up for a hard link.
+func sameEntry(lower, full string) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Lstat(lower, &a); err != nil {
+		return false, os.NewSyscallError("lstat", err)
+	}
+	if err := unix.Lstat(full, &b); err != nil {
+		return false, os.NewSyscallError("lstat", err)
+	}
+	if a.Mode != b.Mode || a.Uid != b.Uid || a.Gid != b.Gid || a.Rdev != b.Rdev {
+		return false, nil
+	}
+	if a.Mode&unix.S_IFMT != unix.S_IFDIR && (a.Mtim != b.Mtim || a.Size != b.Size) {
+		return false, nil
+	}
+	if same, err := archive.SameXattrs(lower, full); err != nil || !same {
+		return false, err
+	}
+	switch a.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		la, err := os.Readlink(lower)
+		if err != nil {
+			return false, err
+		}
+		lb, err := os.Readlink(full)
+		return la == lb, err
+	case unix.S_IFREG:
+		return archive.SameContent(lower, full)
+	}
+	return true, nil
 }
 
 // union answers what the stack of lower dirs (nearest first) shows, as
@@ -194,11 +267,12 @@ func (u *union) dirsAt(rel string) ([]string, error) {
 	return dirs, nil
 }
 
-// exists reports whether the union has an entry at rel.
-func (u *union) exists(rel string) (bool, error) {
+// lookup returns the path of the lower entry the union shows at rel, ""
+// when it shows none.
+func (u *union) lookup(rel string) (string, error) {
 	parents, err := u.dirsAt(path.Dir(rel))
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	for _, parent := range parents {
 		p := filepath.Join(parent, path.Base(rel))
@@ -207,11 +281,14 @@ func (u *union) exists(rel string) (bool, error) {
 			continue
 		}
 		if err != nil {
-			return false, err
+			return "", err
 		}
-		return !(fi.Mode()&fs.ModeCharDevice != 0 && isWhiteout(p)), nil
+		if fi.Mode()&fs.ModeCharDevice != 0 && isWhiteout(p) {
+			return "", nil
+		}
+		return p, nil
 	}
-	return false, nil
+	return "", nil
 }
 
 // names lists the entries the union shows in directory rel.
