@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/strata-storage/strata/archive"
 	"golang.org/x/sys/unix"
@@ -43,9 +44,9 @@ func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 	return archive.Apply(l.diff, diff, archive.ApplyOptions{Whiteouts: archive.WhiteoutOverlay})
 }
 
-// Diff writes the layer tar of Changes, reading only the diff dir: what a
-// copy-up put there unchanged (the target of a new hard link) stays out,
-// as in the layers Docker commits.
+// Diff writes the diff dir as a layer tar, translating whiteouts. Like
+// Docker's, it holds what a copy-up put there unchanged (the target of a new
+// hard link), which Changes leaves out: the link stays a link.
 func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	l, ok, err := d.native(id, parent)
 	if err != nil {
@@ -54,19 +55,15 @@ func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	if !ok {
 		return d.naive.Diff(id, parent)
 	}
-	changes, err := upperChanges(l.diff, l.lowers)
-	if err != nil {
-		return nil, err
-	}
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(archive.WriteChanges(pw, l.diff, changes))
+		pw.CloseWithError(archive.WriteDir(pw, l.diff, archive.WriteOptions{Whiteouts: archive.WhiteoutOverlay}))
 	}()
 	return pr, nil
 }
 
-// DiffSize counts the bytes of the regular files of Changes, each inode
-// once, as Diff would write them.
+// DiffSize counts the bytes of regular files in the diff dir, each inode
+// once, as ApplyDiff counted them.
 func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	l, ok, err := d.native(id, parent)
 	if err != nil {
@@ -75,11 +72,27 @@ func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	if !ok {
 		return d.naive.DiffSize(id, parent)
 	}
-	changes, err := upperChanges(l.diff, l.lowers)
-	if err != nil {
-		return 0, err
-	}
-	return archive.ChangesSize(l.diff, changes)
+	var size int64
+	seen := map[uint64]bool{}
+	err = filepath.WalkDir(l.diff, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Nlink > 1 {
+			if seen[st.Ino] {
+				return nil
+			}
+			seen[st.Ino] = true
+		}
+		size += fi.Size()
+		return nil
+	})
+	return size, err
 }
 
 // Changes walks the diff dir only: a whiteout is a deletion, an entry the
