@@ -12,6 +12,8 @@
 // next to it, in the store root:
 //
 //	containers/creating/<id>   flocked while a Create of id is under way
+//	containers/init/<chain ID hex>.tar
+//	                           the init layer tar of an image top layer (see initLayer)
 //
 // and in the graph driver: layers <id>-init and <id>.
 package container
@@ -60,6 +62,7 @@ type Store struct {
 	driver     driver.Driver
 	driverRoot string // synced once the layers of a container are made
 	creating   string // directory of the flocked files of Creates under way
+	initCache  string // directory of the init layer tars, by image top layer
 }
 
 var (
@@ -71,7 +74,13 @@ var (
 // metadata.db, whose directory is the root.
 func NewStore(db *metadata.DB, d driver.Driver) *Store {
 	root := filepath.Dir(db.Path())
-	return &Store{db: db, driver: d, driverRoot: filepath.Join(root, d.String()), creating: filepath.Join(root, "containers", "creating")}
+	return &Store{
+		db:         db,
+		driver:     d,
+		driverRoot: filepath.Join(root, d.String()),
+		creating:   filepath.Join(root, "containers", "creating"),
+		initCache:  filepath.Join(root, "containers", "init"),
+	}
 }
 
 // CreateOptions tune Create.
@@ -121,14 +130,15 @@ func (s *Store) Create(c Container, opts CreateOptions) (Container, error) {
 
 // createLayers makes c's init layer, with its content, and read-write layer.
 // What does not depend on each other runs at once, as create is meant to
-// take milliseconds: the look at the image for the init content while the
-// init layer is made, and, where the driver's ApplyDiff never reads the
-// parent (overlay), the read-write layer while the init content goes in.
+// take milliseconds: the init content (read from its cache, or found in the
+// mounted image) while the init layer is made, and, where the driver's
+// ApplyDiff never reads the parent (overlay), the read-write layer while the
+// init content goes in.
 func (s *Store) createLayers(c Container) error {
 	var tarball io.Reader
 	var initErr error
 	var wg sync.WaitGroup
-	wg.Go(func() { tarball, initErr = s.initLayer(c.TopCache) })
+	wg.Go(func() { tarball, initErr = s.initLayer(c) })
 	err := s.driver.Create(c.InitID(), c.TopCache, nil)
 	wg.Wait()
 	if err = cmp.Or(err, initErr); err != nil {
@@ -172,6 +182,9 @@ func (s *Store) record(tx *bolt.Tx, c *Container) error {
 		}
 		c.Name = name
 	} else if err := nameFree(tx, c.Name); err != nil {
+		return err
+	}
+	if err := s.forgetRemoved(tx); err != nil {
 		return err
 	}
 	v, err := json.Marshal(c)
@@ -305,6 +318,7 @@ func (s *Store) Unmount(c Container) error {
 // unless force, which releases its pins first. The record goes first, in
 // one transaction that also queues the two driver layers in the trash, so
 // that a crash before they are removed leaves them to the next Recover.
+// The layers are removed after that transaction, and none follows.
 func (s *Store) Remove(c Container, force bool) error {
 	n, err := s.driver.Mounted(c.ID)
 	if err != nil {
@@ -314,13 +328,15 @@ func (s *Store) Remove(c Container, force bool) error {
 		return fmt.Errorf("you cannot remove a mounted container %s: unmount it before removing it or force the removal (use -f): %w",
 			c.ID[:12], errdefs.ErrInUse)
 	}
-	for ; n > 0; n-- {
-		if s.driver.Unpin(c.ID) != nil {
-			break // what is left are other processes' Gets, not pins
+	if n > 0 {
+		for ; n > 0; n-- {
+			if s.driver.Unpin(c.ID) != nil {
+				break // what is left are other processes' Gets, not pins
+			}
 		}
-	}
-	if n, err := s.driver.Mounted(c.ID); err != nil || n > 0 {
-		return cmp.Or(err, fmt.Errorf("container %s is in use by another process: %w", c.ID[:12], errdefs.ErrInUse))
+		if n, err := s.driver.Mounted(c.ID); err != nil || n > 0 {
+			return cmp.Or(err, fmt.Errorf("container %s is in use by another process: %w", c.ID[:12], errdefs.ErrInUse))
+		}
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		containers := tx.Bucket(bucketContainers)
@@ -335,12 +351,20 @@ func (s *Store) Remove(c Container, force bool) error {
 				return err
 			}
 		}
+		if err := s.forgetRemoved(tx); err != nil {
+			return err
+		}
 		return addTrash(tx, c.ID, c.InitID())
 	})
 	if err != nil {
 		return err
 	}
-	return s.sweep()
+	// The trash entries stay until the next transaction that writes a
+	// container record: forgetting them now would cost a second one.
+	if err := removeLayers(s.driver, c.ID, c.InitID()); err != nil && !errors.Is(err, errdefs.ErrInUse) {
+		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
+	}
+	return nil // a layer in use (a concurrent Get) goes at a later sweep
 }
 
 // SizeRw returns the bytes of content c's read-write layer holds: what

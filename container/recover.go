@@ -95,7 +95,33 @@ func addTrash(tx *bolt.Tx, ids ...string) error {
 	return nil
 }
 
-// sweep removes the driver layers in the trash, then forgets them. One
+// forgetRemoved drops the trash entries whose driver layer is gone. The
+// transactions that write container records call it, so that a Remove needs
+// no second transaction after deleting its layers: what it queued is
+// forgotten by the next Create or Remove.
+func (s *Store) forgetRemoved(tx *bolt.Tx) error {
+	b := tx.Bucket(bucketTrash)
+	if b == nil {
+		return nil
+	}
+	var gone [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if !s.driver.Exists(string(v)) {
+			gone = append(gone, slices.Clone(k))
+		}
+		return nil
+	})
+	for _, k := range gone {
+		if err == nil {
+			err = b.Delete(k)
+		}
+	}
+	return err
+}
+
+// sweep removes the driver layers in the trash that still exist and
+// forgets them; entries whose layer is already gone are left to
+// forgetRemoved, so that a sweep with nothing to remove writes nothing. One
 // still in use stays for a later sweep.
 func (s *Store) sweep() error {
 	type entry struct{ key, id []byte }
@@ -106,7 +132,9 @@ func (s *Store) sweep() error {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			entries = append(entries, entry{slices.Clone(k), slices.Clone(v)})
+			if s.driver.Exists(string(v)) {
+				entries = append(entries, entry{slices.Clone(k), slices.Clone(v)})
+			}
 			return nil
 		})
 	})
@@ -123,19 +151,22 @@ func (s *Store) sweep() error {
 			errs = append(errs, fmt.Errorf("remove driver layer %s: %w", e.id, err))
 		}
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		for _, k := range removed {
-			if err := tx.Bucket(bucketTrash).Delete(k); err != nil {
-				return err
+	if len(removed) > 0 {
+		errs = append(errs, s.db.Update(func(tx *bolt.Tx) error {
+			for _, k := range removed {
+				if err := tx.Bucket(bucketTrash).Delete(k); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
-	})
-	return errors.Join(append(errs, err)...)
+			return nil
+		}))
+	}
+	return errors.Join(errs...)
 }
 
-// Recover removes the layers of Creates whose process died and finishes
-// the removals that crashed: store.Open runs it.
+// Recover removes the layers of Creates whose process died, finishes the
+// removals that crashed and drops the init tars of removed images:
+// store.Open runs it, so it writes nothing when there is nothing to clean.
 func (s *Store) Recover() error {
 	entries, err := os.ReadDir(s.creating)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -147,7 +178,7 @@ func (s *Store) Recover() error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(append(errs, s.sweep())...)
+	return errors.Join(append(errs, s.sweep(), s.pruneInitCache())...)
 }
 
 // recoverCreate removes the layers of the Create of id unless its process

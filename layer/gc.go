@@ -21,8 +21,18 @@ import (
 // the commit and only then forgets them. A crash at any point leaves either a
 // live record or a trash entry that the next Sweep finishes: never a record
 // whose data is gone, nor data nobody knows about.
+//
+// Finding unreachable layers reads every image, which store.Open cannot
+// afford on every command. So whatever makes layers unreachable collects
+// them in the same transaction (Collect, as Release and image removal do)
+// or marks the collection due (Due) before; Recover then only looks for
+// dead leases, that mark and the trash.
 
-var bucketTrash = []byte("trash")
+var (
+	bucketTrash = []byte("trash")
+	bucketGC    = []byte("gc")
+	keyDue      = []byte("due") // in bucketGC: a collection is due
+)
 
 // trashItem is a driver layer waiting for removal, with the chain ID whose
 // tar-split goes with it ("" for a layer that was never recorded).
@@ -49,17 +59,67 @@ func addTrash(tx *bolt.Tx, item trashItem) error {
 
 // GC deletes the layers that no image and no live lease reaches, and what
 // dead leases left behind. It returns the chain IDs deleted, children first.
+// It looks in a read-only transaction first and writes only when there is
+// something to delete.
 func (s *Store) GC() ([]digest.Digest, error) {
-	var deleted []digest.Digest
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		deleted, err = s.Collect(tx)
+	return s.collect(func(tx *bolt.Tx) (bool, error) {
+		held, dead, err := s.scanLeases(tx, false)
+		if err != nil || dead {
+			return true, err
+		}
+		unreached, err := s.unreachable(tx, held)
+		return len(unreached) > 0, err
+	})
+}
+
+// Recover collects when a lease is dead or a collection is due, and
+// removes the driver layers in the trash: what a crashed process left. It
+// reads no image and writes nothing when there is nothing to do, as
+// store.Open runs it for every command.
+func (s *Store) Recover() error {
+	_, err := s.collect(func(tx *bolt.Tx) (bool, error) {
+		if b := tx.Bucket(bucketGC); b != nil && b.Get(keyDue) != nil {
+			return true, nil
+		}
+		_, dead, err := s.scanLeases(tx, false)
+		return dead, err
+	})
+	return err
+}
+
+// collect runs Collect if needed, as it tells in a read-only transaction,
+// then Sweep.
+func (s *Store) collect(needed func(tx *bolt.Tx) (bool, error)) ([]digest.Digest, error) {
+	var dirty bool
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		dirty, err = needed(tx)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	var deleted []digest.Digest
+	if dirty {
+		err = s.db.Update(func(tx *bolt.Tx) (err error) {
+			deleted, err = s.Collect(tx)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	return deleted, s.Sweep()
+}
+
+// Due marks a collection due in tx, for callers about to make layers
+// unreachable without collecting them in the same transaction: the next
+// GC or Recover collects them even if the caller dies first.
+func Due(tx *bolt.Tx) error {
+	b, err := tx.CreateBucketIfNotExists(bucketGC)
+	if err != nil {
+		return err
+	}
+	return b.Put(keyDue, []byte{1})
 }
 
 // Collect is the transactional half of GC, for callers that change what
@@ -67,10 +127,36 @@ func (s *Store) GC() ([]digest.Digest, error) {
 // dead leases and unreachable layer records in tx and queues their driver
 // layers for Sweep, which the caller runs after the commit.
 func (s *Store) Collect(tx *bolt.Tx) ([]digest.Digest, error) {
-	roots, err := s.collectLeases(tx)
+	held, _, err := s.scanLeases(tx, true)
 	if err != nil {
 		return nil, err
 	}
+	dead, err := s.unreachable(tx, held)
+	if err != nil {
+		return nil, err
+	}
+	if b := tx.Bucket(bucketGC); b != nil {
+		if err := b.Delete(keyDue); err != nil {
+			return nil, err
+		}
+	}
+	deleted := make([]digest.Digest, 0, len(dead))
+	for _, l := range dead {
+		if err := tx.Bucket(bucketLayers).Delete([]byte(l.ChainID)); err != nil {
+			return nil, err
+		}
+		if err := addTrash(tx, trashItem{CacheID: l.CacheID, ChainID: l.ChainID}); err != nil {
+			return nil, err
+		}
+		deleted = append(deleted, l.ChainID)
+	}
+	return deleted, nil
+}
+
+// unreachable returns the layers recorded in tx that neither the held
+// chain IDs nor the roots reach by parent links, children first.
+func (s *Store) unreachable(tx *bolt.Tx, held []digest.Digest) ([]Layer, error) {
+	roots := held
 	if s.roots != nil {
 		images, err := s.roots(tx)
 		if err != nil {
@@ -111,18 +197,7 @@ func (s *Store) Collect(tx *bolt.Tx) ([]digest.Digest, error) {
 	}
 	// Children first: the driver refuses to remove a layer with children.
 	slices.SortStableFunc(dead, func(a, b Layer) int { return cmp.Compare(depth(b), depth(a)) })
-
-	deleted := make([]digest.Digest, 0, len(dead))
-	for _, l := range dead {
-		if err := tx.Bucket(bucketLayers).Delete([]byte(l.ChainID)); err != nil {
-			return nil, err
-		}
-		if err := addTrash(tx, trashItem{CacheID: l.CacheID, ChainID: l.ChainID}); err != nil {
-			return nil, err
-		}
-		deleted = append(deleted, l.ChainID)
-	}
-	return deleted, nil
+	return dead, nil
 }
 
 // Sweep removes the driver layers and tar-split files in the trash. A layer

@@ -68,7 +68,7 @@ func (s *Store) NewLease() (*Lease, error) {
 		return err
 	})
 	if err != nil {
-		os.Remove(f.Name())
+		os.Remove(s.leasePath(id))
 		f.Close()
 		return nil, fmt.Errorf("new lease: %w", err)
 	}
@@ -80,7 +80,7 @@ func (s *Store) NewLease() (*Lease, error) {
 // file it manages to lock: under its final name a file is never unlocked
 // while its owner lives.
 func (s *Store) lockLeaseFile(id string) (*os.File, error) {
-	final := filepath.Join(s.leaseDir(), id)
+	final := s.leasePath(id)
 	tmp := filepath.Join(s.leaseDir(), tmpLeasePrefix+id)
 	for {
 		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -103,8 +103,9 @@ func (s *Store) lockLeaseFile(id string) (*os.File, error) {
 	}
 }
 
-// Release ends the lease. The layers it held stay while an image holds
-// them; the others go at the next GC.
+// Release ends the lease. The layers it held stay while an image or
+// another lease holds them; the others are deleted with the lease's record,
+// in one transaction, and their driver layers removed at the next GC.
 func (l *Lease) Release() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -116,21 +117,32 @@ func (l *Lease) Release() error {
 		if leases == nil || leases.Bucket([]byte(l.id)) == nil {
 			return nil
 		}
-		if err := trashPending(tx, leases.Bucket([]byte(l.id))); err != nil {
+		b := leases.Bucket([]byte(l.id))
+		if err := trashPending(tx, b); err != nil {
 			return err
 		}
-		return leases.DeleteBucket([]byte(l.id))
+		held, _ := b.Bucket(keyHeld).Cursor().First()
+		if err := leases.DeleteBucket([]byte(l.id)); err != nil || held == nil {
+			return err
+		}
+		_, err := l.store.Collect(tx)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("release lease %s: %w", l.id, err)
 	}
-	os.Remove(l.file.Name())
+	// Removed while locked, so that no GC takes it for a dead lease's.
+	os.Remove(l.store.leasePath(l.id))
 	l.file.Close()
 	l.file = nil
 	return nil
 }
 
 func (s *Store) leaseDir() string { return filepath.Join(s.root, "leases") }
+
+// leasePath is the file of lease id once locked; the open file's Name is
+// still its temporary name.
+func (s *Store) leasePath(id string) string { return filepath.Join(s.leaseDir(), id) }
 
 // leaseBucket returns the record of lease id in tx.
 func leaseBucket(tx *bolt.Tx, id string) (*bolt.Bucket, error) {
@@ -216,21 +228,23 @@ func trashPending(tx *bolt.Tx, lease *bolt.Bucket) error {
 	return nil
 }
 
-// collectLeases deletes the records and files of dead leases, moving what
-// they created to the trash, and returns the chain IDs live leases hold.
-func (s *Store) collectLeases(tx *bolt.Tx) ([]digest.Digest, error) {
-	var held []digest.Digest
+// scanLeases returns the chain IDs live leases hold and whether any lease
+// (record or file) is dead. With collect, it also deletes the dead ones'
+// records, moving what they created to the trash, and their files; tx must
+// then be writable. Without, it changes nothing, so GC can tell in a
+// read-only transaction whether it has work.
+func (s *Store) scanLeases(tx *bolt.Tx, collect bool) (held []digest.Digest, dead bool, err error) {
 	recorded := map[string]bool{}
 	if leases := tx.Bucket(bucketLeases); leases != nil {
-		var dead [][]byte
+		var deadKeys [][]byte
 		err := leases.ForEachBucket(func(k []byte) error {
 			recorded[string(k)] = true
-			alive, err := s.removeIfDead(string(k))
+			alive, err := s.leaseAlive(string(k), collect)
 			if err != nil {
 				return err
 			}
 			if !alive {
-				dead = append(dead, k)
+				deadKeys = append(deadKeys, k)
 				return nil
 			}
 			return leases.Bucket(k).Bucket(keyHeld).ForEach(func(c, _ []byte) error {
@@ -239,14 +253,18 @@ func (s *Store) collectLeases(tx *bolt.Tx) ([]digest.Digest, error) {
 			})
 		})
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		for _, k := range dead {
+		dead = len(deadKeys) > 0
+		for _, k := range deadKeys {
+			if !collect {
+				break
+			}
 			if err := trashPending(tx, leases.Bucket(k)); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 			if err := leases.DeleteBucket(k); err != nil {
-				return nil, err
+				return nil, false, err
 			}
 		}
 	}
@@ -255,22 +273,25 @@ func (s *Store) collectLeases(tx *bolt.Tx) ([]digest.Digest, error) {
 	// recording the lease, or one mid-way through NewLease.
 	entries, err := os.ReadDir(s.leaseDir())
 	if err != nil {
-		return nil, fmt.Errorf("lease files: %w", err)
+		return nil, false, fmt.Errorf("lease files: %w", err)
 	}
 	for _, e := range entries {
 		if recorded[e.Name()] {
 			continue
 		}
-		if _, err := s.removeIfDead(e.Name()); err != nil {
-			return nil, err
+		alive, err := s.leaseAlive(e.Name(), collect)
+		if err != nil {
+			return nil, false, err
 		}
+		dead = dead || !alive
 	}
-	return held, nil
+	return held, dead, nil
 }
 
-// removeIfDead removes the lease file name unless its owner holds its lock,
-// and reports whether the owner does. A missing file is a dead lease.
-func (s *Store) removeIfDead(name string) (alive bool, err error) {
+// leaseAlive reports whether the owner of the lease file name holds its
+// lock; a missing file is a dead lease. With remove, the file of a dead
+// lease is removed.
+func (s *Store) leaseAlive(name string, remove bool) (bool, error) {
 	path := filepath.Join(s.leaseDir(), name)
 	// A fresh open file description: flock conflicts with the owner's even
 	// when the owner is this process.
@@ -287,6 +308,9 @@ func (s *Store) removeIfDead(name string) (alive bool, err error) {
 		return true, nil
 	case err != nil:
 		return false, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if !remove {
+		return false, nil
 	}
 	// Remove while holding the lock, so nobody can take it over meanwhile.
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -8,6 +8,7 @@
 //	leases/<id>/layers/<chainID>     layers a lease holds (package layer)
 //	leases/<id>/pending/<cacheID>    driver layers a lease created, not yet recorded
 //	trash/<seq>                      driver layers waiting for removal (package layer)
+//	gc/due                           set while a layer collection is due (package layer)
 //	images/<imageID>                 image records (package image)
 //	refs/<reference>                 references to image IDs (package image)
 //	meta/driver                      the storage driver the store was made with (package store)
@@ -17,7 +18,8 @@
 //
 // bbolt takes an exclusive flock on its file for as long as it is open, so a
 // process must not keep it open: each transaction opens it and the last
-// concurrent transaction of the process closes it. Goroutines of one process
+// concurrent transaction of the process closes it, unless a Hold keeps it
+// open a little longer. Goroutines of one process
 // share the open instance, because a second open of the same file in one
 // process would wait forever on the first one's lock.
 package metadata
@@ -73,6 +75,24 @@ func (db *DB) View(fn func(*bolt.Tx) error) error {
 	}
 	defer release(db.path)
 	return b.View(fn)
+}
+
+// Hold keeps the file open, once a transaction has opened it, until done
+// is called: a burst of short transactions (the checks of store.Open) then
+// opens and maps it once instead of once each. Other processes wait for
+// done, so hold only around work that is quick and never waits for
+// another process.
+func (db *DB) Hold() (done func()) {
+	handlesMu.Lock()
+	h := handles[db.path]
+	if h == nil {
+		h = &handle{}
+		handles[db.path] = h
+	}
+	h.users++
+	handlesMu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { release(db.path) }) }
 }
 
 // handle is the process's open instance of one file and the number of

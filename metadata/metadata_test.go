@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 func TestConcurrentTransactionsShareOneHandle(t *testing.T) {
@@ -88,5 +89,52 @@ func TestFileNotHeldBetweenTransactions(t *testing.T) {
 func TestOpenReportsBadPath(t *testing.T) {
 	if _, err := Open(filepath.Join(t.TempDir(), "missing", "metadata.db")); err == nil {
 		t.Fatal("Open in a missing directory succeeded")
+	}
+}
+
+// TestHoldKeepsTheFileOpen checks that a Hold keeps the file (and its lock)
+// from one transaction to the next, and lets it go once done.
+func TestHoldKeepsTheFileOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metadata.db")
+	db, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another open file description conflicts with bbolt's flock, as another
+	// process would.
+	locked := func() bool {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != nil && err != unix.EWOULDBLOCK {
+			t.Fatal(err)
+		}
+		return err == unix.EWOULDBLOCK
+	}
+	done := db.Hold()
+	if locked() {
+		t.Error("a Hold alone opened the file")
+	}
+	var first, second *bolt.DB
+	db.View(func(tx *bolt.Tx) error { first = tx.DB(); return nil })
+	if !locked() {
+		t.Error("the file was closed between transactions of a Hold")
+	}
+	db.View(func(tx *bolt.Tx) error { second = tx.DB(); return nil })
+	if first != second {
+		t.Error("the second transaction of a Hold opened the file again")
+	}
+	done()
+	done() // a second call changes nothing
+	if locked() {
+		t.Error("the file stays locked after the Hold is done")
+	}
+	handlesMu.Lock()
+	defer handlesMu.Unlock()
+	if len(handles) != 0 {
+		t.Fatalf("%d handles left after the Hold", len(handles))
 	}
 }

@@ -91,7 +91,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	name, err := driverName(db, root, opts.Driver)
+	name, recorded, err := driverName(db, root, opts.Driver)
 	if err != nil {
 		return nil, err
 	}
@@ -99,25 +99,43 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What follows is a handful of quick transactions that usually write
+	// nothing: one open of the file serves them all. Not from the start:
+	// the driver's start may wait for another process, which must not wait
+	// for the file meanwhile; what recover may remove, no one else uses.
+	defer db.Hold()()
 	s := &Store{root: root, db: db, driver: d, images: image.NewStore(db), ctrs: container.NewStore(db, d)}
-	err = db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		return b.Put(keyDriver, []byte(d.String()))
-	})
+	if recorded != d.String() {
+		err = db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
+				return err
+			}
+			return b.Put(keyDriver, []byte(d.String()))
+		})
+	}
 	if err == nil {
 		s.layers, err = layer.NewStore(root, db, d, gcRoots)
 	}
 	if err == nil {
-		err = s.GC()
+		err = s.recover()
 	}
 	if err != nil {
 		d.Cleanup()
 		return nil, err
 	}
 	return s, nil
+}
+
+// recover removes what crashed processes left, as GC does, but without
+// looking for unreachable layers unless a collection is due: it reads no
+// image, and writes nothing when there is nothing to clean, since every
+// command opens the store.
+func (s *Store) recover() error {
+	if err := s.ctrs.Recover(); err != nil {
+		return err
+	}
+	return s.layers.Recover()
 }
 
 // makeRoot creates root with mode 0711: others may traverse it to reach
@@ -140,16 +158,19 @@ func makeRoot(root string) error {
 }
 
 // driverName returns the driver to open: the one asked for, else the one
-// the root was made with. Asking for another driver while images or
-// containers are stored on the recorded one is refused: their layers would
-// all be missing.
-func driverName(db *metadata.DB, root, asked string) (string, error) {
-	var recorded string
+// the root was made with ("" for a new root: an automatic choice); and the
+// one recorded ("" for none). Asking
+// for another driver while images or containers are stored on the
+// recorded one is refused: their layers would all be missing.
+func driverName(db *metadata.DB, root, asked string) (name, recorded string, err error) {
 	var images []image.Image
 	var containers []container.Container
-	err := db.View(func(tx *bolt.Tx) (err error) {
+	err = db.View(func(tx *bolt.Tx) (err error) {
 		if b := tx.Bucket(bucketMeta); b != nil {
 			recorded = string(b.Get(keyDriver))
+		}
+		if asked == "" || recorded == "" || asked == recorded {
+			return nil
 		}
 		if images, err = image.NewTxn(tx).List(); err != nil {
 			return err
@@ -158,16 +179,16 @@ func driverName(db *metadata.DB, root, asked string) (string, error) {
 		return err
 	})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	switch {
 	case asked == "":
-		return recorded, nil
+		return recorded, recorded, nil
 	case recorded != "" && asked != recorded && len(images)+len(containers) > 0:
-		return "", fmt.Errorf("store %s holds images on storage driver %s, not %s: open it with --storage-driver %s or use another --root: %w",
+		return "", "", fmt.Errorf("store %s holds images on storage driver %s, not %s: open it with --storage-driver %s or use another --root: %w",
 			root, recorded, asked, recorded, errdefs.ErrInvalid)
 	}
-	return asked, nil
+	return asked, recorded, nil
 }
 
 // Close releases what the driver holds (mounts). The store holds no lock.
@@ -229,14 +250,33 @@ func (s *Store) CreateContainer(imageRef string, opts container.CreateOptions) (
 }
 
 // RemoveContainer removes c as Containers().Remove does and, when c's image
-// is already gone (rmi -f), the layers only c held.
+// is already gone (rmi -f), the layers only c held: the collection is
+// marked due first, so that they go at the next open should this process
+// die before collecting them.
 func (s *Store) RemoveContainer(c container.Container, force bool) error {
+	imageGone, err := s.imageGone(c.Image)
+	if err == nil && imageGone {
+		err = s.db.Update(layer.Due)
+	}
+	if err != nil {
+		return err
+	}
 	if err := s.ctrs.Remove(c, force); err != nil {
 		return err
 	}
-	if _, err := s.images.Get(c.Image); !errors.Is(err, errdefs.ErrNotFound) {
-		return err
+	if !imageGone { // an rmi -f may have run meanwhile
+		if imageGone, err = s.imageGone(c.Image); err != nil || !imageGone {
+			return err
+		}
 	}
-	_, err := s.layers.GC()
+	_, err = s.layers.GC()
 	return err
+}
+
+func (s *Store) imageGone(id digest.Digest) (bool, error) {
+	_, err := s.images.Get(id)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return true, nil
+	}
+	return false, err
 }

@@ -136,13 +136,20 @@ func (d *Driver) removeLeftovers() error {
 	if err != nil {
 		return err
 	}
+	staged := false
 	for _, e := range entries {
 		n := e.Name()
 		if strings.HasPrefix(n, ".tmp-") || strings.HasPrefix(n, ".removing-") || strings.HasPrefix(n, ".probe-") {
 			if err := os.RemoveAll(filepath.Join(d.root, n)); err != nil {
 				return err
 			}
+			staged = staged || !strings.HasPrefix(n, ".probe-")
 		}
+	}
+	// A link dangles only after a crash mid-Create or mid-Remove, which
+	// leaves a staging dir: without one, there is no link to look at.
+	if !staged {
+		return nil
 	}
 	links, err := os.ReadDir(filepath.Join(d.root, linkDir))
 	if errors.Is(err, fs.ErrNotExist) {
