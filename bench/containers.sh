@@ -7,8 +7,10 @@
 #                the image rewritten, 500 added: one `docker cp` tar for Docker,
 #                the same tar extracted into `strata mount` for strata), RUNS
 #                times each (default 5), alternating, warm cache
-# Every command is timed from the shell, CLI start included. Prints the medians,
-# the ratios and the issue's targets.
+# Every command is timed from the shell, CLI start included. A commit is timed
+# until its layer is on disk (a `sync` after it, for both): strata syncs before
+# it records a layer, Docker does not. Prints the medians, the ratios and the
+# issue's targets.
 set -euo pipefail
 ARCHIVE=$(realpath "${1:?usage: containers.sh ARCHIVE [N]}")
 N=${2:-20}
@@ -43,6 +45,8 @@ timed() {
   t0=$(now); "$@" >"$out"; t1=$(now)
   echo "($t1 - $t0) * 1000" | bc >>"$work/$f"
 }
+# durable CMD...: CMD, then a sync, so that what it wrote is on disk.
+durable() { "$@"; sync; }
 median() { sort -g "$work/$1" | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 image=$("${D[@]}" load -i "$ARCHIVE" | sed -n 's/^Loaded image: //p' | head -1)
@@ -77,8 +81,9 @@ for op in diff commit export; do
     case $op in
       diff)   timed docker$f "${D[@]}" diff "$dc"; dn=$(wc -l <"$out")
               timed strata$f "${S[@]}" diff "$sc"; sn=$(wc -l <"$out") ;;
-      commit) timed docker$f "${D[@]}" commit "$dc" "bench-commit:$i"
-              timed strata$f "${S[@]}" commit "$sc" "bench-commit:$i" ;;
+      commit) sync
+              timed docker$f durable "${D[@]}" commit "$dc" "bench-commit:$i"
+              timed strata$f durable "${S[@]}" commit "$sc" "bench-commit:$i" ;;
       export) timed docker$f "${D[@]}" export "$dc"
               timed strata$f "${S[@]}" export "$sc" ;;
     esac
