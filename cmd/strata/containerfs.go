@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/strata-storage/strata/container"
 	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/store"
 )
@@ -25,11 +26,7 @@ func newDiffCommand(g *globals) *cobra.Command {
 		Short: "List the files a container added (A), changed (C) or deleted (D)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(func(s *store.Store) error {
-				c, err := s.Containers().Get(args[0])
-				if err != nil {
-					return err
-				}
+			return g.withContainer(args[0], func(s *store.Store, c container.Container) error {
 				changes, err := s.Containers().Changes(c)
 				if err != nil {
 					return err
@@ -82,11 +79,7 @@ func newExportCommand(g *globals) *cobra.Command {
 			if output == "" && term.IsTerminal(int(os.Stdout.Fd())) {
 				return fmt.Errorf("%w: cowardly refusing to export to a terminal; use -o FILE or redirect", errdefs.ErrInvalid)
 			}
-			return g.withStore(func(s *store.Store) error {
-				c, err := s.Containers().Get(args[0])
-				if err != nil {
-					return err
-				}
+			return g.withContainer(args[0], func(s *store.Store, c container.Container) error {
 				export := func(w io.Writer) error {
 					// Tar headers come 512 bytes at a time: write in big chunks.
 					bw := bufio.NewWriterSize(w, 1<<20)

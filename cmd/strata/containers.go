@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-storage/strata/container"
-	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/store"
 )
 
@@ -204,11 +203,7 @@ func newMountCommand(g *globals) *cobra.Command {
 		Short: "Mount a container's root file system and print its path",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(func(s *store.Store) error {
-				c, err := s.Containers().Get(args[0])
-				if err != nil {
-					return err
-				}
+			return g.withContainer(args[0], func(s *store.Store, c container.Container) error {
 				dir, err := s.Containers().Mount(c)
 				if err != nil {
 					return err
@@ -249,12 +244,16 @@ func eachContainer(s *store.Store, refs []string, fn func(c container.Container,
 			errs = append(errs, err)
 		}
 	}
-	if len(errs) <= 1 {
-		return errors.Join(errs...) // one error keeps its kind, and exit code
-	}
-	lines := make([]string, len(errs))
-	for i, err := range errs {
-		lines[i] = errdefs.Message(err)
-	}
-	return errors.New(strings.Join(lines, "\n"))
+	return errors.Join(errs...) // errdefs.Message prints a line each
+}
+
+// withContainer runs fn on the open store and the container ref names.
+func (g *globals) withContainer(ref string, fn func(*store.Store, container.Container) error) error {
+	return g.withStore(func(s *store.Store) error {
+		c, err := s.Containers().Get(ref)
+		if err != nil {
+			return err
+		}
+		return fn(s, c)
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -27,7 +28,9 @@ type globals struct {
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "strata:", errdefs.Message(err))
+		for _, line := range strings.Split(errdefs.Message(err), "\n") {
+			fmt.Fprintln(os.Stderr, "strata:", line)
+		}
 		os.Exit(exitCode(err))
 	}
 }
