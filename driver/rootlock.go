@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,4 +47,50 @@ func (l *RootLock) Close() error {
 	err := l.f.Close()
 	l.f = nil
 	return err
+}
+
+// OpenRoot is how a driver starts on its root: it takes the root's lock and
+// registers this process's mounts. When no other process uses the root, it
+// first recovers what crashed ones left: dead mount holders, then what
+// cleanup removes (the driver's staging dirs, stale mounts: it gets the
+// recovered mounts to tell which are held); only then does it let other
+// processes in. Release both with Root.Close.
+func OpenRoot(root string, cleanup func(*Mounts) error) (*Root, error) {
+	lock, alone, err := LockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := OpenMounts(root)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	r := &Root{lock: lock, Mounts: mounts}
+	if alone {
+		err = mounts.Recover()
+		if err == nil && cleanup != nil {
+			err = cleanup(mounts)
+		}
+		if err == nil {
+			err = lock.Share()
+		}
+		if err != nil {
+			r.Close(func(string) error { return nil }) // nothing is held yet
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Root is a driver's hold on its root, shared with the other processes
+// using it.
+type Root struct {
+	lock   *RootLock
+	Mounts *Mounts
+}
+
+// Close releases this process's mounts (unmount is called for each layer
+// it held; pins stay) and the root's lock.
+func (r *Root) Close(unmount func(id string) error) error {
+	return errors.Join(r.Mounts.Close(unmount), r.lock.Close())
 }

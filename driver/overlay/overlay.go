@@ -59,7 +59,7 @@ type Driver struct {
 	lineage driver.Lineage
 	mounts  *driver.Mounts
 	naive   driver.Driver // for diffs against a layer other than the parent
-	lock    *driver.RootLock
+	held    *driver.Root  // d.mounts is held.Mounts
 
 	mu sync.Mutex // serializes Create and Remove
 }
@@ -77,21 +77,23 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	lock, alone, err := driver.LockRoot(root)
-	if err != nil {
-		return nil, err
-	}
-	mounts, err := driver.OpenMounts(root)
-	if err != nil {
-		lock.Close()
-		return nil, err
-	}
-	d := &Driver{root: root, lock: lock, mounts: mounts}
+	d := &Driver{root: root}
 	d.lineage = driver.Lineage{Dir: d.dir, Exists: d.Exists}
 	d.naive = driver.NaiveDiff(d)
-	if err := d.start(alone); err != nil {
-		mounts.Close(d.unmount)
-		lock.Close()
+	// When no other process uses the root, remove what crashed ones left:
+	// mounts nobody holds, staging dirs, dead links.
+	held, err := driver.OpenRoot(root, func(m *driver.Mounts) error {
+		d.mounts = m
+		return errors.Join(d.unmountStale(), d.removeLeftovers())
+	})
+	if err == nil {
+		d.held, d.mounts = held, held.Mounts
+		err = d.start()
+		if err != nil {
+			held.Close(d.unmount)
+		}
+	}
+	if err != nil {
 		if errors.Is(statErr, fs.ErrNotExist) {
 			os.RemoveAll(root) // leave no state behind for the automatic choice
 		}
@@ -100,31 +102,12 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 	return d, nil
 }
 
-// start checks that overlay works here and, when no other process uses the
-// root, removes what crashed ones left: mounts nobody holds, staging dirs,
-// dead links.
-func (d *Driver) start(alone bool) error {
-	if alone {
-		if err := d.mounts.Recover(); err != nil {
-			return err
-		}
-		if err := d.unmountStale(); err != nil {
-			return err
-		}
-		if err := d.removeLeftovers(); err != nil {
-			return err
-		}
-	}
+// start checks that overlay works here.
+func (d *Driver) start() error {
 	if err := checkSupport(d.root); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(d.root, linkDir), 0o700); err != nil {
-		return err
-	}
-	if alone {
-		return d.lock.Share()
-	}
-	return nil
+	return os.MkdirAll(filepath.Join(d.root, linkDir), 0o700)
 }
 
 func (d *Driver) dir(id string) string { return filepath.Join(d.root, id) }
@@ -499,7 +482,7 @@ func (d *Driver) Capabilities() driver.Capabilities {
 // other process or pin holds, and releases the root. Pinned layers stay
 // mounted; those of crashed processes go at the next New that is alone.
 func (d *Driver) Cleanup() error {
-	return errors.Join(d.mounts.Close(d.unmount), d.lock.Close())
+	return d.held.Close(d.unmount)
 }
 
 // unmountStale unmounts every mount under the root except the merged dirs

@@ -51,7 +51,7 @@ type Driver struct {
 	lineage driver.Lineage
 	mounts  *driver.Mounts
 	reflink bool
-	lock    *driver.RootLock
+	held    *driver.Root // d.mounts is held.Mounts
 
 	mu     sync.Mutex // serializes Create and Remove
 	method copyMethod // guarded by mu
@@ -67,29 +67,15 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 			return nil, err
 		}
 	}
-	lock, alone, err := driver.LockRoot(root)
-	if err != nil {
-		return nil, err
-	}
-	mounts, err := driver.OpenMounts(root)
-	if err != nil {
-		lock.Close()
-		return nil, err
-	}
-	d := &Driver{root: root, lock: lock, mounts: mounts}
+	d := &Driver{root: root}
 	d.lineage = driver.Lineage{Dir: d.metaDir, Exists: d.Exists}
 	d.Driver = driver.NaiveDiff(d)
-	if alone { // no other process has work in progress here: remove a crash's
-		err := errors.Join(mounts.Recover(), d.removeLeftovers())
-		if err == nil {
-			err = lock.Share()
-		}
-		if err != nil {
-			mounts.Close(unmountNothing)
-			lock.Close()
-			return nil, err
-		}
+	// When alone: remove a crash's leftovers.
+	held, err := driver.OpenRoot(root, func(*driver.Mounts) error { return d.removeLeftovers() })
+	if err != nil {
+		return nil, err
 	}
+	d.held, d.mounts = held, held.Mounts
 	d.reflink = probeReflink(filepath.Join(root, "dir"))
 	if !d.reflink {
 		d.method = copyRange
@@ -351,5 +337,5 @@ func (d *Driver) Capabilities() driver.Capabilities {
 // Cleanup releases this process's references (vfs mounts nothing) and the
 // root; pins stay.
 func (d *Driver) Cleanup() error {
-	return errors.Join(d.mounts.Close(unmountNothing), d.lock.Close())
+	return d.held.Close(unmountNothing)
 }
