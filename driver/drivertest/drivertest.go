@@ -430,32 +430,7 @@ func testConcurrentGetPut(t *testing.T, d driver.Driver) {
 	want := get(t, d, "child")
 	put(t, d, "child")
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for range 16 {
-		wg.Go(func() {
-			for range 25 {
-				p, err := d.Get("child", "")
-				if err != nil {
-					errs <- err
-					return
-				}
-				b, err := os.ReadFile(filepath.Join(p, "a"))
-				if err != nil || string(b) != "a" || p != want {
-					err = fmt.Errorf("read a through %s (want %s): %q, %v", p, want, b, err)
-				}
-				if err := errors.Join(err, d.Put("child")); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	getPutConcurrently(t, want, d)
 	if mounted, err := mountinfo.Mounted(want); err != nil || mounted {
 		t.Errorf("%s still mounted after the last Put (%v)", want, err)
 	}
@@ -523,5 +498,38 @@ func testCleanup(t *testing.T, d driver.Driver) {
 	}
 	if left := mountedUnder(t, paths...); len(left) > 0 {
 		t.Errorf("mounted after Cleanup: %q", left)
+	}
+}
+
+// getPutConcurrently has 16 goroutines, spread over the drivers (processes),
+// Get, read and Put layer "child" 25 times each; every Get must return want.
+func getPutConcurrently(t *testing.T, want string, drivers ...driver.Driver) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := range 16 {
+		d := drivers[i%len(drivers)]
+		wg.Go(func() {
+			for range 25 {
+				p, err := d.Get("child", "")
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, err := os.ReadFile(filepath.Join(p, "a"))
+				if err != nil || string(b) != "a" || p != want {
+					err = fmt.Errorf("read a through %s (want %s): %q, %v", p, want, b, err)
+				}
+				if err := errors.Join(err, d.Put("child")); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

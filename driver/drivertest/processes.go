@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/strata-storage/strata/driver"
@@ -219,33 +218,7 @@ func testConcurrentGetPutTwoProcesses(t *testing.T, root string, open func(strin
 	want := get(t, a, "child")
 	put(t, a, "child")
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for i := range 16 {
-		d := []driver.Driver{a, b}[i%2]
-		wg.Go(func() {
-			for range 25 {
-				p, err := d.Get("child", "")
-				if err != nil {
-					errs <- err
-					return
-				}
-				b, err := os.ReadFile(filepath.Join(p, "a"))
-				if err != nil || string(b) != "a" || p != want {
-					err = fmt.Errorf("read a through %s (want %s): %q, %v", p, want, b, err)
-				}
-				if err := errors.Join(err, d.Put("child")); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	getPutConcurrently(t, want, a, b)
 	if n := mountCount(t, want); n != 0 {
 		t.Errorf("%s mounted %d times after the last Put", want, n)
 	}
