@@ -12,10 +12,15 @@ build:
 demo: build
 	./scripts/demo.sh
 
-# System packages: docker.io (a real dockerd to compare with), debootstrap, skopeo
-# and libcap2-bin (to build the realistic test images), python3, time and bc (bench).
+# System packages: docker.io (a real dockerd and docker CLI to compare with and
+# to drive the daemon), debootstrap, skopeo and libcap2-bin (to build the
+# realistic test images), python3, time and bc (bench), fuse3 (aufs),
+# thin-provisioning-tools, e2fsprogs and xfsprogs (the thin pool and
+# devicemapper), btrfs-progs (btrfs).
+DEPS := docker.io debootstrap skopeo libcap2-bin python3 time bc fuse3 \
+	thin-provisioning-tools e2fsprogs xfsprogs btrfs-progs
 test-deps:
-	@need=""; for p in docker.io debootstrap skopeo libcap2-bin python3 time bc; do \
+	@need=""; for p in $(DEPS); do \
 	  dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
 	if [ -n "$$need" ]; then apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; fi

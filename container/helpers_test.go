@@ -17,14 +17,25 @@ import (
 	"github.com/strata-storage/strata/store"
 )
 
-// drivers are the drivers every container case runs on.
-var drivers = []string{"vfs", "overlay"}
+// testDriver is a driver every container case runs on, with the way to make
+// a store root it can work in (btrfs needs a btrfs file system, say).
+type testDriver struct {
+	name string
+	root func(t *testing.T) string
+}
+
+// drivers are the drivers every container case runs on; a driver that needs
+// more than a temporary directory appends itself from its own file's init.
+var drivers = []testDriver{
+	{"vfs", func(t *testing.T) string { return t.TempDir() }},
+	{"overlay", func(t *testing.T) string { return t.TempDir() }},
+}
 
 // forEachDriver runs test as a subtest per driver, each on a fresh store.
 func forEachDriver(t *testing.T, test func(t *testing.T, s *store.Store)) {
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			test(t, openStore(t, t.TempDir(), name))
+	for _, d := range drivers {
+		t.Run(d.name, func(t *testing.T) {
+			test(t, openStore(t, d.root(t), d.name))
 		})
 	}
 }

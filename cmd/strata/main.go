@@ -67,6 +67,7 @@ func newRootCommand() *cobra.Command {
 	)
 	root.AddCommand(containerCommands(g)...)
 	root.AddCommand(fsCommands(g)...)
+	root.AddCommand(newDaemonCommand(g), newThinCommand(g))
 	return root
 }
 
