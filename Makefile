@@ -3,6 +3,9 @@
 GO      ?= go
 IMAGES  ?= /var/tmp/strata-images
 export STRATA_TEST_IMAGES := $(IMAGES)
+# A static binary starts about 1 ms sooner (no dynamic loader): a seventh
+# of what a `strata create` costs.
+export CGO_ENABLED := 0
 
 .PHONY: build demo test test-deps images bench bench-containers
 

@@ -18,7 +18,7 @@ RUNS=${RUNS:-5}
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
 STRATA=${STRATA:-$work/strata-bin}
-[ -x "$STRATA" ] || go build -o "$STRATA" ./cmd/strata
+[ -x "$STRATA" ] || CGO_ENABLED=0 go build -o "$STRATA" ./cmd/strata
 DOCKER=/usr/bin/docker; [ -x $DOCKER ] || DOCKER=$(command -v docker)
 sock=$work/docker.sock
 dockerd --data-root "$work/docker" --exec-root "$work/exec" --pidfile "$work/docker.pid" \
@@ -81,7 +81,10 @@ for op in diff commit export; do
     case $op in
       diff)   timed docker$f "${D[@]}" diff "$dc"; dn=$(wc -l <"$out")
               timed strata$f "${S[@]}" diff "$sc"; sn=$(wc -l <"$out") ;;
-      commit) sync
+      commit) # a new file each run, so that every commit makes a new layer
+              # (committing unchanged content again only finds the layer there)
+              echo "run $i" >"$work/run"; "${D[@]}" cp "$work/run" "$dc:/bench-run"
+              "${S[@]}" cp "$work/run" "$sc:/bench-run"; sync
               timed docker$f durable "${D[@]}" commit "$dc" "bench-commit:$i"
               timed strata$f durable "${S[@]}" commit "$sc" "bench-commit:$i" ;;
       export) timed docker$f "${D[@]}" export "$dc"

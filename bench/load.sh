@@ -9,7 +9,7 @@ ARCHIVE=$(realpath "${1:?usage: load.sh ARCHIVE [RUNS]}")
 RUNS=${2:-5}
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-$PWD/bin/strata}
-[ -x "$STRATA" ] || go build -o "$STRATA" ./cmd/strata
+[ -x "$STRATA" ] || CGO_ENABLED=0 go build -o "$STRATA" ./cmd/strata
 DOCKER=/usr/bin/docker; [ -x $DOCKER ] || DOCKER=docker
 work=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
 sock=$work/docker.sock

@@ -19,9 +19,9 @@ import (
 // that all the processes using the root share one mount per layer and the
 // last holder anywhere unmounts it. Everything is files and flocks:
 //
-//	.procs/<token>          one per live driver instance (process), flocked
-//	                        exclusively for its life: when the flock is free
-//	                        the process is gone
+//	.procs/<token>          one per live driver instance (process) that has
+//	                        taken a Get, flocked exclusively for its life:
+//	                        when the flock is free the process is gone
 //	.mounts/<id>/           the holders of layer id; the directory is also
 //	                        the layer's lock (flock), held while holders are
 //	                        examined or changed and while mounting or
@@ -38,11 +38,17 @@ import (
 // mounts held is recovered by the next user of the layer or, for mounts
 // nobody uses again, by the next driver start that is alone (Recover).
 type Mounts struct {
-	dir    string   // <root>/.mounts
-	procs  string   // <root>/.procs
-	token  *os.File // .procs/<token>, flocked exclusively until Close
-	self   string   // this process's holder name, proc-<token>
+	dir    string // <root>/.mounts
+	procs  string // <root>/.procs
+	self   string // this process's holder name, proc-<token>
 	bootID string
+
+	// token is .procs/<token>, flocked exclusively until Close. It is made
+	// at the first Get: most commands never mount, and a file created and
+	// removed is a good part of what a `strata create` costs.
+	tokenMu sync.Mutex
+	token   *os.File
+	closed  bool
 
 	mu  sync.Mutex
 	ids map[string]*ref
@@ -81,19 +87,30 @@ func OpenMounts(root string) (*Mounts, error) {
 		return nil, err
 	}
 	m.bootID = strings.TrimSpace(string(boot))
-	token := randomName()
-	f, err := os.OpenFile(filepath.Join(m.procs, token), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	m.self = procPrefix + randomName()
+	return m, nil
+}
+
+// register makes and locks this process's token, once.
+func (m *Mounts) register() error {
+	m.tokenMu.Lock()
+	defer m.tokenMu.Unlock()
+	if m.token != nil {
+		return nil
+	}
+	p := filepath.Join(m.procs, strings.TrimPrefix(m.self, procPrefix))
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// Nobody else knows the new token yet, so the lock is free.
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		os.Remove(p)
+		return fmt.Errorf("lock %s: %w", p, err)
 	}
-	m.token, m.self = f, procPrefix+token
-	return m, nil
+	m.token = f
+	return nil
 }
 
 func randomName() string {
@@ -111,6 +128,9 @@ func (m *Mounts) Acquire(id string, mount func() error) error {
 	if e.count > 0 { // our holder file is there and keeps the layer mounted
 		e.count++
 		return nil
+	}
+	if err := m.register(); err != nil {
+		return err
 	}
 	return m.locked(id, func(h holders) error {
 		if h.procs == 0 && len(h.pins) == 0 {
@@ -218,9 +238,12 @@ func (m *Mounts) IfUnused(id string, fn func() error) error {
 // process. Holders it fails to release die with the registration. Closing
 // again does nothing.
 func (m *Mounts) Close(unmount func(id string) error) error {
-	if m.token == nil {
+	m.tokenMu.Lock()
+	defer m.tokenMu.Unlock()
+	if m.closed {
 		return nil
 	}
+	m.closed = true
 	m.mu.Lock()
 	ids := make([]string, 0, len(m.ids))
 	for id := range m.ids {
@@ -237,8 +260,10 @@ func (m *Mounts) Close(unmount func(id string) error) error {
 		}
 		m.unref(id, e)
 	}
-	errs = append(errs, os.Remove(m.token.Name()), m.token.Close())
-	m.token = nil
+	if m.token != nil {
+		errs = append(errs, os.Remove(m.token.Name()), m.token.Close())
+		m.token = nil
+	}
 	return errors.Join(errs...)
 }
 

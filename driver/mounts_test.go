@@ -210,7 +210,15 @@ func TestMountsRecover(t *testing.T) {
 		t.Errorf(".mounts holds %v, want only the pinned layer", entries)
 	}
 	checkCount(t, b, "pinned", 1)
+	// The dead process's token is gone; b registers only at its first Get.
 	tokens, _ := os.ReadDir(filepath.Join(root, ".procs"))
+	if len(tokens) != 0 {
+		t.Errorf(".procs holds %v, want nothing", tokens)
+	}
+	if err := b.Acquire("held", noop); err != nil {
+		t.Fatal(err)
+	}
+	tokens, _ = os.ReadDir(filepath.Join(root, ".procs"))
 	if len(tokens) != 1 || procPrefix+tokens[0].Name() != b.self {
 		t.Errorf(".procs holds %v, want only the live process", tokens)
 	}

@@ -10,7 +10,9 @@
 //	<id>/lower        the parents' short links, nearest first: "l/A:l/B"
 //	                  (absent for a base layer)
 //	<id>/work         overlay's work dir (read-write layers with a parent)
-//	<id>/merged       the mount point (layers with a parent)
+//	<id>/merged       the mount point (layers with a parent), made at the
+//	                  first mount: a container that is never mounted costs
+//	                  one directory less to create and to remove
 //	<id>/parent       the parent id; <id>/children/<c> marks each child
 //	l/<26 chars>      short symlinks to the diff dirs
 //	.supported        the support probe passed here
@@ -228,12 +230,8 @@ func (d *Driver) stage(tmp, id, parent, lower string, rw bool) error {
 		return err
 	}
 	if parent != "" {
-		dirs := []string{"merged"}
 		if rw {
-			dirs = append(dirs, "work")
-		}
-		for _, sub := range dirs {
-			if err := os.Mkdir(filepath.Join(tmp, sub), 0o700); err != nil {
+			if err := os.Mkdir(filepath.Join(tmp, "work"), 0o700); err != nil {
 				return err
 			}
 		}
@@ -421,6 +419,9 @@ func (d *Driver) mounter(id string) (string, func() error, error) {
 	merged := filepath.Join(d.dir(id), "merged")
 	return merged, func() error {
 		if err := unmount(merged); err != nil {
+			return err
+		}
+		if err := os.Mkdir(merged, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 		if l.rw {

@@ -89,10 +89,16 @@ func TestMetadata(t *testing.T) {
 	if m["LowerDir"] != base["UpperDir"] {
 		t.Errorf("LowerDir of rw = %q, want base's UpperDir %q", m["LowerDir"], base["UpperDir"])
 	}
-	for _, k := range []string{"UpperDir", "WorkDir", "MergedDir"} {
+	for _, k := range []string{"UpperDir", "WorkDir"} {
 		if _, err := os.Stat(m[k]); err != nil {
 			t.Errorf("%s: %v", k, err)
 		}
+	}
+	// The mount point is made at the first mount.
+	if dir, err := d.Get("rw", ""); err != nil || dir != m["MergedDir"] {
+		t.Errorf("Get = %q, %v; want MergedDir %q", dir, err, m["MergedDir"])
+	} else {
+		d.Put("rw")
 	}
 	if _, ok := base["LowerDir"]; ok {
 		t.Error("a base layer has a LowerDir")
