@@ -252,26 +252,26 @@ func (d *Driver) build(id, parent string, size uint64, writable bool) error {
 	}
 
 	dir := d.dir(id)
-	if parent == "" {
+	if parent != "" {
+		if err := snapshotSubvolume(d.dir(parent), dir, !writable); err != nil {
+			return err
+		}
+	} else {
 		if err := createSubvolume(dir); err != nil {
 			return err
 		}
 		if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
 			return err
 		}
-	} else if err := snapshotSubvolume(d.dir(parent), dir); err != nil {
-		return err
-	}
-	if size > 0 {
-		if err := limitSubvolume(dir, size); err != nil {
-			return err
+		if !writable {
+			if err := setReadOnly(dir, true); err != nil {
+				return err
+			}
 		}
 	}
-	if !writable {
-		// A parent may be writable (a container committed by snapshot).
-		return setReadOnly(dir, true)
+	if size > 0 {
+		return limitSubvolume(dir, size)
 	}
-	// A snapshot of a read-only parent is writable already.
 	return nil
 }
 
@@ -302,12 +302,6 @@ func (d *Driver) Remove(id string) error {
 		}
 		return nil
 	})
-}
-
-// ApplyDiff writes the layer tar into id's subvolume, lifting the
-// read-only flag of a layer made by Create for the time it takes.
-func (d *Driver) ApplyDiff(id, parent string, diff []byte) (int64, error) {
-	panic("replaced below")
 }
 
 // Get returns the layer's directory; nothing is mounted, but references

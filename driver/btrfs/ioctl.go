@@ -112,14 +112,17 @@ func createSubvolume(path string) error {
 	})
 }
 
-// snapshotSubvolume makes path a writable snapshot of the subvolume src.
-func snapshotSubvolume(src, path string) error {
+// snapshotSubvolume makes path a snapshot of the subvolume src.
+func snapshotSubvolume(src, path string, readOnly bool) error {
 	s, err := os.OpenFile(src, os.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	args := volArgsV2{fd: int64(s.Fd())}
+	if readOnly {
+		args.flags = subvolReadOnly
+	}
 	if err := setName(args.name[:], filepath.Base(path)); err != nil {
 		return err
 	}

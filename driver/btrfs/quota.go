@@ -27,7 +27,7 @@ type qgroupCreateArgs struct{ create, qgroupID uint64 }
 
 // qgroupLimitArgs is struct btrfs_ioctl_qgroup_limit_args.
 type qgroupLimitArgs struct {
-	qgroupID                         uint64
+	qgroupID                      uint64
 	flags, maxRfer, maxExcl, _, _ uint64
 }
 

@@ -1,0 +1,91 @@
+package daemon
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+
+	"github.com/strata-storage/strata/container"
+)
+
+// The /containers/{name}/archive endpoints serve docker cp: HEAD describes
+// a path, GET returns a tar of it, PUT extracts a tar into a directory.
+// GET and HEAD describe the path in the X-Docker-Container-Path-Stat
+// header, base64 of JSON, without which the CLI refuses the copy.
+
+const pathStatHeader = "X-Docker-Container-Path-Stat"
+
+// archivePath returns the container and the path parameter of r.
+func (d *Daemon) archivePath(r *http.Request, vars map[string]string) (container.Container, string, error) {
+	p := r.URL.Query().Get("path")
+	if p == "" {
+		return container.Container{}, "", badRequest("Path cannot be empty")
+	}
+	c, err := d.store.Containers().Get(vars["name"])
+	return c, p, err
+}
+
+func setPathStat(w http.ResponseWriter, st container.PathStat) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	w.Header().Set(pathStatHeader, base64.StdEncoding.EncodeToString(b))
+	return nil
+}
+
+func (d *Daemon) statPath(w http.ResponseWriter, r *http.Request, vars map[string]string) error {
+	c, p, err := d.archivePath(r, vars)
+	if err != nil {
+		return err
+	}
+	st, err := d.store.Containers().Stat(c, p)
+	if err != nil {
+		return err
+	}
+	if err := setPathStat(w, st); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (d *Daemon) copyFrom(w http.ResponseWriter, r *http.Request, vars map[string]string) error {
+	c, p, err := d.archivePath(r, vars)
+	if err != nil {
+		return err
+	}
+	rc, st, err := d.store.Containers().CopyFrom(c, p)
+	if err != nil {
+		return err
+	}
+	defer rc.Close() // releases the container's mount
+	if err := setPathStat(w, st); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/x-tar")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if _, err := io.Copy(bw, rc); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// copyTo extracts the request's tar into the directory path. The CLI sends
+// it as text/plain: the type is not checked. noOverwriteDirNonDir is what
+// the container store always does (docker cp always asks for it).
+func (d *Daemon) copyTo(w http.ResponseWriter, r *http.Request, vars map[string]string) error {
+	c, p, err := d.archivePath(r, vars)
+	if err != nil {
+		return err
+	}
+	opts := container.CopyToOptions{CopyUIDGID: formBool(r.URL.Query().Get("copyUIDGID"))}
+	if err := d.store.Containers().CopyTo(c, p, r.Body, opts); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}

@@ -1,0 +1,223 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-storage/strata/errdefs"
+	"github.com/strata-storage/strata/internal/reexec"
+	"github.com/strata-storage/strata/thinp"
+)
+
+// CreatePool makes a pool in dir, which must not hold one.
+func CreatePool(dir string, opts thinp.Options) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("pool %s: %w: %w", dir, errBusy, errdefs.ErrInUse)
+	}
+	p, err := thinp.Create(filepath.Join(dir, MetadataFile), filepath.Join(dir, DataFile), opts)
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", dir, err)
+	}
+	return p.Close()
+}
+
+// Client makes requests to the server of the pool in Dir, starting the
+// server when none runs. Its methods are dm-thin's messages and dmsetup's
+// commands; every change is committed before it returns.
+type Client struct{ Dir string }
+
+// Status is the pool's status, the active devices' loop device paths and
+// the server's process id.
+type Status struct {
+	thinp.Status
+	Active map[uint32]string
+	Pid    int
+}
+
+func (c *Client) CreateThin(id uint32, size int64) error {
+	_, err := c.call(&request{Op: opCreate, ID: id, Size: size})
+	return err
+}
+
+// CreateSnap makes id a snapshot of origin, freezing the file system
+// mounted on origin, if it is active, for the time it takes.
+func (c *Client) CreateSnap(id, origin uint32) error {
+	_, err := c.call(&request{Op: opSnap, ID: id, Origin: origin})
+	return err
+}
+
+func (c *Client) Delete(id uint32) error {
+	_, err := c.call(&request{Op: opDelete, ID: id})
+	return err
+}
+
+// Activate makes device id a block device and returns its path
+// (/dev/loopN); the device stays active, and its server running, until
+// Deactivate.
+func (c *Client) Activate(id uint32) (string, error) {
+	rep, err := c.call(&request{Op: opActivate, ID: id})
+	if err != nil {
+		return "", err
+	}
+	return rep.Path, nil
+}
+
+// Deactivate detaches device id; it fails with ErrInUse while a file system
+// is mounted on it.
+func (c *Client) Deactivate(id uint32) error {
+	_, err := c.call(&request{Op: opDeactivate, ID: id})
+	return err
+}
+
+func (c *Client) Status() (Status, error) {
+	rep, err := c.call(&request{Op: opStatus})
+	if err != nil {
+		return Status{}, err
+	}
+	return Status{Status: rep.Status, Active: rep.Active, Pid: rep.Pid}, nil
+}
+
+// Grow extends the data and metadata files to the sizes given (0: as they
+// are), online.
+func (c *Client) Grow(dataSize, metadataSize int64) error {
+	_, err := c.call(&request{Op: opGrow, DataSize: dataSize, MetadataSize: metadataSize})
+	return err
+}
+
+// Check runs thin_check on a copy of the last committed metadata and
+// returns its output.
+func (c *Client) Check() (string, error) {
+	tool, err := exec.LookPath("thin_check")
+	if err != nil {
+		return "", fmt.Errorf("thin_check is missing (install thin-provisioning-tools): %w", errdefs.ErrNotSupported)
+	}
+	rep, err := c.call(&request{Op: opCheckCopy})
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(rep.Path)
+	out, err := exec.Command(tool, rep.Path).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("thin_check: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// Stop deactivates every device and ends the server; without a server (or
+// with one on its way out) it does nothing.
+func (c *Client) Stop() error {
+	conn, err := c.dial()
+	if err != nil {
+		return nil
+	}
+	if _, err = exchange(conn, &request{Op: opStop}); errors.Is(err, errNoReply) {
+		return nil
+	}
+	return err
+}
+
+func (c *Client) dial() (*net.UnixConn, error) {
+	return net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(c.Dir, socketFile), Net: "unix"})
+}
+
+// errNoReply is a connection closed before the reply: the server was
+// closing its socket, or died.
+var errNoReply = errors.New("thin server closed the connection")
+
+func exchange(conn *net.UnixConn, req *request) (*reply, error) {
+	defer conn.Close()
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, errNoReply
+	}
+	var rep reply
+	if err := json.NewDecoder(conn).Decode(&rep); err != nil {
+		return nil, errNoReply
+	}
+	return &rep, rep.err()
+}
+
+// call sends req to the server, starting one if none answers. A server
+// answers one request at a time and exits after the last deactivation, so
+// a request can meet a server on its way out: it is sent again to a new
+// one.
+func (c *Client) call(req *request) (*reply, error) {
+	if _, err := os.Stat(filepath.Join(c.Dir, MetadataFile)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no thin pool in %s (strata thin pool create): %w", c.Dir, errdefs.ErrNotFound)
+		}
+		return nil, err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		conn, err := c.dial()
+		if err == nil {
+			rep, err := exchange(conn, req)
+			if !errors.Is(err, errNoReply) {
+				return rep, err
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("thin pool %s: no server answers (see %s)", c.Dir, filepath.Join(c.Dir, logFile))
+		}
+		if err := c.startServer(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// startServer starts a server and waits until it listens, or finds that
+// another one holds the pool.
+func (c *Client) startServer() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	log, err := os.OpenFile(filepath.Join(c.Dir, logFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		w.Close()
+		return err
+	}
+	cmd := reexec.Command(entryPoint, c.Dir)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	log.Close()
+	if err != nil {
+		return fmt.Errorf("start thin server: %w", err)
+	}
+	go cmd.Wait() // reap it whenever it exits
+	msg, _ := io.ReadAll(r)
+	switch line := strings.TrimSpace(string(msg)); line {
+	case "ready":
+		return nil
+	case "busy": // the server holding the pool is still starting or closing
+		time.Sleep(10 * time.Millisecond)
+		return nil
+	case "":
+		return fmt.Errorf("thin server for %s exited (see %s)", c.Dir, filepath.Join(c.Dir, logFile))
+	default:
+		return fmt.Errorf("thin server for %s: %s", c.Dir, line)
+	}
+}
