@@ -7,15 +7,19 @@
 //
 //	containers/<id>         the container record (JSON)
 //	names/<name>            the id a name points at
+//	container-inits/<parent>  the init layer on driver layer <parent> and how
+//	                        many containers use it (see inits.go)
 //	container-trash/<seq>   driver layers of removed containers, not yet deleted
 //
 // next to it, in the store root:
 //
-//	containers/creating/<id>   flocked while a Create of id is under way
+//	containers/creating/<id>   flocked while a Create of id is under way; holds
+//	                           the id of the init layer it makes, if it makes one
 //	containers/init/<chain ID hex>.tar
 //	                           the init layer tar of an image top layer (see initLayer)
 //
-// and in the graph driver: layers <id>-init and <id>.
+// and in the graph driver: layer <id> for each container, on an init layer
+// <parent>-init-<random> that all the containers of one image share.
 package container
 
 import (
@@ -49,12 +53,13 @@ type Container struct {
 	ImageRef string        // the reference it was created from, as given
 	Top      digest.Digest // chain ID of the image's top layer ("" for an image without layers)
 	TopCache string        // the driver id of that layer, the init layer's parent
+	Init     string        // the driver id of its init layer, shared with the image's other containers
 	Created  time.Time
 	Config   json.RawMessage // the image config's "config", as Docker copies it
 }
 
 // InitID is the driver id of c's init layer; c.ID is its read-write layer's.
-func (c Container) InitID() string { return c.ID + "-init" }
+func (c Container) InitID() string { return c.Init }
 
 // Store is the container store.
 type Store struct {
@@ -88,11 +93,12 @@ type CreateOptions struct {
 	Name string // "" = a generated name, as Docker's adjective_surname
 }
 
-// Create makes the init and read-write layers on top of the layer topCache
+// Create makes the read-write layer on the init layer of the image's top
+// layer c.TopCache (and that init layer, for the image's first container)
 // and records the container. ErrExists when the name is taken, ErrInvalid
 // when it breaks Docker's rules ([a-zA-Z0-9][a-zA-Z0-9_.-]+).
 //
-// The record is written only once both layers exist; until then a flocked
+// The record is written only once the layers exist; until then a flocked
 // file names the container, so that if this process dies the next Recover
 // removes the layers it left.
 func (s *Store) Create(c Container, opts CreateOptions) (Container, error) {
@@ -105,36 +111,68 @@ func (s *Store) Create(c Container, opts CreateOptions) (Container, error) {
 			return Container{}, err
 		}
 	}
-	c.ID = newID()
 	c.Name = name
 	c.Created = time.Now().UTC()
+	// Containers of one image created at once may each make an init layer;
+	// the first to record its container wins and the others start again
+	// on the winner's.
+	for try := 1; ; try++ {
+		c.ID = newID()
+		created, err := s.create(c)
+		if errors.Is(err, errInitChanged) && try < 3 {
+			continue
+		}
+		if err != nil {
+			return Container{}, fmt.Errorf("create container: %w", err)
+		}
+		return created, nil
+	}
+}
 
+func (s *Store) create(c Container) (Container, error) {
 	op, err := s.beginCreate(c.ID)
 	if err != nil {
 		return Container{}, err
 	}
-	err = s.createLayers(c)
+	fresh := false
+	c.Init, err = s.currentInit(c.TopCache)
+	if err == nil && c.Init == "" {
+		fresh = true
+		c.Init = newInitID(c.TopCache)
+		err = op.note(c.Init)
+	}
+	if err == nil {
+		err = s.createLayers(c, fresh)
+	}
 	if err == nil { // the layers are durable before the record names them
 		err = driver.SyncFS(s.driverRoot)
 	}
 	if err == nil {
-		err = s.db.Update(func(tx *bolt.Tx) error { return s.record(tx, &c) })
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			if err := useInit(tx, c, fresh); err != nil {
+				return err
+			}
+			return s.record(tx, &c)
+		})
 	}
 	if err != nil {
-		op.abort(s.driver, c)
-		return Container{}, fmt.Errorf("create container: %w", err)
+		op.abort(s, c)
+		return Container{}, err
 	}
 	op.done()
 	return c, nil
 }
 
-// createLayers makes c's init layer, with its content, and read-write layer.
-// What does not depend on each other runs at once, as create is meant to
-// take milliseconds: the init content (read from its cache, or found in the
-// mounted image) while the init layer is made, and, where the driver's
-// ApplyDiff never reads the parent (overlay), the read-write layer while the
-// init content goes in.
-func (s *Store) createLayers(c Container) error {
+// createLayers makes c's read-write layer and, when fresh, its init layer
+// with its content first. What does not depend on each other runs at once:
+// the init content (read from its cache, or found in the mounted image)
+// while the init layer is made, and, where the driver's ApplyDiff never
+// reads the parent (overlay), the read-write layer while the init content
+// goes in.
+func (s *Store) createLayers(c Container, fresh bool) error {
+	if !fresh {
+		return s.driver.CreateReadWrite(c.ID, c.InitID(), nil)
+	}
 	var tarball io.Reader
 	var initErr error
 	var wg sync.WaitGroup
@@ -328,6 +366,7 @@ func (s *Store) Remove(c Container, force bool) error {
 		return fmt.Errorf("you cannot remove a mounted container %s: unmount it before removing it or force the removal (use -f): %w",
 			c.ID[:12], errdefs.ErrInUse)
 	}
+	var ids []string // the driver layers that go: c's, and the init layer with the image's last container
 	if n > 0 {
 		for ; n > 0; n-- {
 			if s.driver.Unpin(c.ID) != nil {
@@ -354,14 +393,20 @@ func (s *Store) Remove(c Container, force bool) error {
 		if err := s.forgetRemoved(tx); err != nil {
 			return err
 		}
-		return addTrash(tx, c.ID, c.InitID())
+		ids = []string{c.ID}
+		if last, err := releaseInit(tx, c); err != nil {
+			return err
+		} else if last {
+			ids = append(ids, c.InitID())
+		}
+		return addTrash(tx, ids...)
 	})
 	if err != nil {
 		return err
 	}
 	// The trash entries stay until the next transaction that writes a
 	// container record: forgetting them now would cost a second one.
-	if err := removeLayers(s.driver, c.ID, c.InitID()); err != nil && !errors.Is(err, errdefs.ErrInUse) {
+	if err := removeLayers(s.driver, ids...); err != nil && !errors.Is(err, errdefs.ErrInUse) {
 		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
 	}
 	return nil // a layer in use (a concurrent Get) goes at a later sweep

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -359,4 +360,74 @@ func TestSizesInspectAndRestart(t *testing.T) {
 			t.Errorf("inspect: overlay data %v has no UpperDir", in.GraphDriver.Data)
 		}
 	})
+}
+
+// TestInitLayerShared checks that the containers of one image share one
+// init layer, made by the first (even when several are created at once) and
+// removed with the last.
+func TestInitLayerShared(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, s *store.Store) {
+		smallImage(t, s)
+		cs := make([]container.Container, 8)
+		errs := make([]error, len(cs))
+		var wg sync.WaitGroup
+		for i := range cs {
+			wg.Go(func() { cs[i], errs[i] = s.CreateContainer("app:1", container.CreateOptions{}) })
+		}
+		wg.Wait()
+		for i, c := range cs {
+			if errs[i] != nil {
+				t.Fatalf("concurrent create %d: %v", i, errs[i])
+			}
+			if c.InitID() != cs[0].InitID() {
+				t.Fatalf("init layers %s and %s for one image", c.InitID(), cs[0].InitID())
+			}
+		}
+		init := cs[0].InitID()
+		if got := initLayersOnDisk(t, s); !slices.Equal(got, []string{init}) {
+			t.Errorf("init layers on disk %v, want only %s: the losers of the race left theirs", got, init)
+		}
+		for _, c := range cs[1:] {
+			if err := s.RemoveContainer(c, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !s.Driver().Exists(init) {
+			t.Fatal("the init layer went while a container uses it")
+		}
+		if _, err := s.Containers().Changes(cs[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RemoveContainer(cs[0], false); err != nil {
+			t.Fatal(err)
+		}
+		if got := initLayersOnDisk(t, s); len(got) != 0 {
+			t.Errorf("init layers %v left after the image's last container", got)
+		}
+		if c := create(t, s, "app:1", ""); c.InitID() == init {
+			t.Errorf("a removed init layer's id %s was used again", init)
+		}
+	})
+}
+
+// initLayersOnDisk returns the names of init layers found in the driver's
+// directory (any driver keeps a layer's id as a file name at most two
+// levels down).
+func initLayersOnDisk(t *testing.T, s *store.Store) []string {
+	t.Helper()
+	var found []string
+	root := filepath.Join(s.Root(), s.Driver().String())
+	for _, pattern := range []string{"*", "*/*"} {
+		matches, err := filepath.Glob(filepath.Join(root, pattern))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range matches {
+			if name := filepath.Base(m); strings.Contains(name, "-init-") && !slices.Contains(found, name) {
+				found = append(found, name)
+			}
+		}
+	}
+	slices.Sort(found)
+	return found
 }

@@ -27,11 +27,24 @@ func TestInitLayerCache(t *testing.T) {
 		if _, err := os.Stat(cached); err != nil {
 			t.Fatalf("no init tar cached: %v", err)
 		}
-		// What a cached tar says is what the next container gets, with
+		// What a cached tar says is what the next init layer gets, with
 		// its own dates: date the cached entries long ago.
 		redate(t, cached, epoch)
+		removeAll := func() {
+			t.Helper()
+			cs, err := s.Containers().List()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range cs {
+				if err := s.RemoveContainer(c, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		check := func(what string) {
 			t.Helper()
+			removeAll() // the init layer goes with the image's last container
 			c := create(t, s, "distro", "")
 			root := get(t, s, c.InitID())
 			var st unix.Stat_t
@@ -54,15 +67,7 @@ func TestInitLayerCache(t *testing.T) {
 			t.Errorf("the damaged cache was not made again: %d bytes, %v", len(data), err)
 		}
 
-		cs, err := s.Containers().List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, c := range cs {
-			if err := s.RemoveContainer(c, true); err != nil {
-				t.Fatal(err)
-			}
-		}
+		removeAll()
 		if _, err := s.RemoveImage("distro", false); err != nil {
 			t.Fatal(err)
 		}

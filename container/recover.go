@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -52,16 +53,40 @@ func (s *Store) beginCreate(id string) (*createOp, error) {
 	}
 }
 
+// note writes the id of the init layer the Create is about to make into
+// its file, so that Recover can remove the layer should this process die.
+func (op *createOp) note(initID string) error {
+	if _, err := op.f.WriteString(initID); err != nil {
+		return fmt.Errorf("create container: %w", err)
+	}
+	return nil
+}
+
 // done ends a Create whose container is recorded.
 func (op *createOp) done() {
 	os.Remove(op.f.Name())
 	op.f.Close()
 }
 
-// abort removes what a failed Create made. Should a removal fail, the file
-// stays (unlocked) for Recover to try again.
-func (op *createOp) abort(d driver.Driver, c Container) {
-	if removeLayers(d, c.ID, c.InitID()) == nil {
+// abort removes what a failed Create made: its read-write layer, and its
+// init layer unless that is recorded for the image's other containers: one
+// it made is not, and one that stopped being recorded meanwhile lost its
+// last container (it is in the trash, and goes now that this child of it is
+// gone). Should a removal
+// fail, the file stays (unlocked) for Recover to try again.
+func (op *createOp) abort(s *Store, c Container) {
+	ids := []string{c.ID}
+	recorded := true
+	if c.Init != "" {
+		s.db.View(func(tx *bolt.Tx) error {
+			recorded = recordedInit(tx, c.Init)
+			return nil
+		})
+	}
+	if !recorded {
+		ids = append(ids, c.Init)
+	}
+	if removeLayers(s.driver, ids...) == nil {
 		os.Remove(op.f.Name())
 	}
 	op.f.Close()
@@ -198,14 +223,23 @@ func (s *Store) recoverCreate(id string) error {
 	} else if err != nil {
 		return fmt.Errorf("recover container %s: lock: %w", id, err)
 	}
-	recorded := false
+	initID, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("recover container %s: %w", id, err)
+	}
+	recorded, initRecorded := false, false
 	err = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketContainers)
 		recorded = b != nil && b.Get([]byte(id)) != nil
+		initRecorded = recordedInit(tx, string(initID))
 		return nil
 	})
 	if err == nil && !recorded {
-		err = removeLayers(s.driver, id, id+"-init")
+		ids := []string{id}
+		if len(initID) > 0 && !initRecorded {
+			ids = append(ids, string(initID))
+		}
+		err = removeLayers(s.driver, ids...)
 		if errors.Is(err, errdefs.ErrInUse) {
 			return nil // a later Recover tries again: the file stays
 		}

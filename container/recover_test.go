@@ -3,6 +3,7 @@ package container
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"errors"
 	"os"
 	"path/filepath"
@@ -63,12 +64,15 @@ func TestCrashMidCreateCleaned(t *testing.T) {
 				}
 			}
 			startCreate := func() (Container, *createOp) {
-				c := Container{ID: newID(), TopCache: "base"}
+				c := Container{ID: newID(), TopCache: "base", Init: newInitID("base")}
 				op, err := s.beginCreate(c.ID)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := s.createLayers(c); err != nil {
+				if err := op.note(c.Init); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.createLayers(c, true); err != nil {
 					t.Fatal(err)
 				}
 				return c, op
@@ -86,6 +90,9 @@ func TestCrashMidCreateCleaned(t *testing.T) {
 			err = s.db.Update(func(tx *bolt.Tx) error {
 				if err := tx.Bucket(bucketContainers).Delete([]byte(removed.ID)); err != nil {
 					return err
+				}
+				if last, err := releaseInit(tx, removed); err != nil || !last {
+					return cmp.Or(err, errors.New("the only container of its init layer is not its last"))
 				}
 				return addTrash(tx, removed.ID, removed.InitID())
 			})
@@ -107,7 +114,13 @@ func TestCrashMidCreateCleaned(t *testing.T) {
 			}
 
 			// The live create finishes and survives later recoveries.
-			if err := s.db.Update(func(tx *bolt.Tx) error { return s.record(tx, &live) }); err != nil {
+			err = s.db.Update(func(tx *bolt.Tx) error {
+				if err := useInit(tx, live, true); err != nil {
+					return err
+				}
+				return s.record(tx, &live)
+			})
+			if err != nil {
 				t.Fatal(err)
 			}
 			liveOp.done()
