@@ -54,6 +54,7 @@ func makeTree(t testing.TB, dir string) (contentBytes int64) {
 	mkdir("usr/lib", 0o755)
 	mustDo(t, os.Symlink("usr/lib", filepath.Join(dir, "lib")), os.Lchown(filepath.Join(dir, "lib"), 1000, 1000))
 	mustDo(t, os.Symlink("/etc/passwd", filepath.Join(dir, "usr/lib/abs")))
+	contentBytes += int64(len("usr/lib") + len("/etc/passwd")) // a symlink's size is its target's length
 	mkdir("dev", 0o755)
 	mustDo(t, unix.Mknod(filepath.Join(dir, "dev/null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
 	mustDo(t, unix.Mknod(filepath.Join(dir, "dev/sda"), unix.S_IFBLK|0o660, int(unix.Mkdev(8, 0))))
@@ -255,7 +256,9 @@ func TestChanges(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("Changes =\n%q\nwant\n%q", got, want)
 	}
-	if size, err := ChangesSize(layer, changes); err != nil || size != 4+2+int64(len("ROOT:x:0:0::/root:/bin/sh\n"))+5 {
+	// Changed: notes, su, passwd, tmp/new/file with its hard link once, and
+	// the symlink usr/lib/abs, whose size is its target's length.
+	if size, err := ChangesSize(layer, changes); err != nil || size != 4+2+int64(len("ROOT:x:0:0::/root:/bin/sh\n"))+5+int64(len("/etc/shadow")) {
 		t.Errorf("ChangesSize = %d, %v", size, err)
 	}
 

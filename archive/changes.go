@@ -195,8 +195,9 @@ func imageXattrs(full string) (map[string]string, error) {
 	return xattrs, err
 }
 
-// ChangesSize returns the bytes of the regular files that changes add or
-// modify in dir, counting a file with several hard-linked names once.
+// ChangesSize returns the bytes that changes add or modify in dir as Docker
+// counts a layer's size: the lstat size of every entry but directories
+// (regular files and symlinks; devices and fifos are 0), each inode once.
 func ChangesSize(dir string, changes []Change) (int64, error) {
 	var size int64
 	seen := make(map[fileID]bool)
@@ -208,7 +209,7 @@ func ChangesSize(dir string, changes []Change) (int64, error) {
 		if err := unix.Lstat(dir+c.Path, &st); err != nil {
 			return 0, fmt.Errorf("size of changes: %w", os.NewSyscallError("lstat "+c.Path, err))
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			continue
 		}
 		if st.Nlink > 1 {

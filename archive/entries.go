@@ -132,6 +132,9 @@ func (a *applier) symlink(p string, hdr *tar.Header) error {
 	if err == nil {
 		err = a.pathMeta(full, hdr, false)
 	}
+	if err == nil {
+		a.size += int64(len(hdr.Linkname)) // its lstat size, which Docker counts
+	}
 	if err != nil {
 		return err
 	}

@@ -75,9 +75,12 @@ type DiffDriver interface {
 	// Changes lists what differs between id and parent.
 	Changes(id, parent string) ([]archive.Change, error)
 	// ApplyDiff extracts the uncompressed layer tar diff into layer id and
-	// returns the bytes of content applied.
+	// returns the bytes of content applied, counted as Docker counts a
+	// layer's size: the lstat size of every entry but directories (file
+	// content and symlink targets), each inode once.
 	ApplyDiff(id, parent string, diff io.Reader) (int64, error)
-	// DiffSize returns the bytes of content that differ from parent.
+	// DiffSize returns the bytes of content that differ from parent,
+	// counted as ApplyDiff counts them.
 	DiffSize(id, parent string) (int64, error)
 }
 

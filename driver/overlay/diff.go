@@ -62,8 +62,9 @@ func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	return pr, nil
 }
 
-// DiffSize counts the bytes of regular files in the diff dir, each inode
-// once, as ApplyDiff counted them.
+// DiffSize counts the lstat size of everything but directories in the diff
+// dir (regular files and symlinks), each inode once, as ApplyDiff counted
+// them and as Docker counts a layer's size.
 func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	l, ok, err := d.native(id, parent)
 	if err != nil {
@@ -75,7 +76,7 @@ func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	var size int64
 	seen := map[uint64]bool{}
 	err = filepath.WalkDir(l.diff, func(p string, e fs.DirEntry, err error) error {
-		if err != nil || !e.Type().IsRegular() {
+		if err != nil || e.IsDir() {
 			return err
 		}
 		fi, err := e.Info()
