@@ -151,6 +151,11 @@ func TestCommit(t *testing.T) {
 		if len(h) != 2 || h[1].CreatedBy != "/bin/sh" || h[1].Comment != "a message" || h[1].Author != "someone" || h[1].EmptyLayer || h[1].Created == nil {
 			t.Errorf("history %+v", h)
 		}
+		// docker history names the commit, then its parent image.
+		rows, err := s.History(img)
+		if err != nil || len(rows) != 2 || rows[0].ID != img.ID.String() || rows[1].ID != parent.String() {
+			t.Errorf("history rows %+v, %v; want the commit's id, then the parent's", rows, err)
+		}
 		diffIDs := img.DiffIDs()
 		if len(diffIDs) != 2 {
 			t.Fatalf("diff IDs %v", diffIDs)

@@ -80,9 +80,16 @@ func (s *Store) History(img image.Image) ([]HistoryEntry, error) {
 	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
 		out[i], out[j] = out[j], out[i]
 	}
-	if len(out) > 0 {
-		out[0].ID = img.ID.String()
-		out[0].Tags = img.RepoTags
+	// As Docker does, the rows name the images of the local parent chain,
+	// one per row from the newest; past the chain's end they are missing.
+	for i := range out {
+		out[i].ID, out[i].Tags = img.ID.String(), img.RepoTags
+		if img.Parent == "" {
+			break
+		}
+		if img, err = s.images.Get(img.Parent); err != nil {
+			break
+		}
 	}
 	return out, nil
 }
