@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 
 	"github.com/strata-storage/strata/container"
+	"github.com/strata-storage/strata/errdefs"
 )
 
 // The /containers/{name}/archive endpoints serve docker cp: HEAD describes
@@ -83,9 +86,22 @@ func (d *Daemon) copyTo(w http.ResponseWriter, r *http.Request, vars map[string]
 		return err
 	}
 	opts := container.CopyToOptions{CopyUIDGID: formBool(r.URL.Query().Get("copyUIDGID"))}
-	if err := d.store.Containers().CopyTo(c, p, r.Body, opts); err != nil {
+	err = d.store.Containers().CopyTo(c, p, r.Body, opts)
+	if errors.Is(err, errdefs.ErrInvalid) && !d.isDir(c, p) {
+		return badRequest("extraction point is not a directory") // Docker's words, which clients match
+	}
+	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusOK)
 	return nil
+}
+
+// isDir reports whether p is a directory in c, a symlink there followed.
+func (d *Daemon) isDir(c container.Container, p string) bool {
+	st, err := d.store.Containers().Stat(c, p)
+	if err == nil && st.Mode&fs.ModeSymlink != 0 {
+		st, err = d.store.Containers().Stat(c, st.LinkTarget)
+	}
+	return err == nil && st.Mode.IsDir()
 }

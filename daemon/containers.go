@@ -58,6 +58,11 @@ func (d *Daemon) createContainer(w http.ResponseWriter, r *http.Request, _ map[s
 			return notFound("No such image: %s", familiar(req.Image))
 		}
 	}
+	if errors.Is(err, errdefs.ErrExists) {
+		// Docker's name conflict message ends with a period, which the
+		// container store's, being a Go error, does not.
+		return fmt.Errorf("%s.: %w", strings.TrimSuffix(errdefs.Message(err), "."), errdefs.ErrExists)
+	}
 	if err != nil {
 		return err
 	}
@@ -149,7 +154,7 @@ func (d *Daemon) summary(c container.Container, labels map[string]string, size b
 	if img, err := d.store.Images().Resolve(c.ImageRef); err != nil || img.ID != c.Image {
 		s.Image = c.Image.String()
 	}
-	s.HostConfig.NetworkMode = "none"
+	s.HostConfig.NetworkMode = "default"
 	s.NetworkSettings.Networks = map[string]struct{}{}
 	if size {
 		rw, rootfs, err := d.store.ContainerSize(c)
@@ -293,7 +298,7 @@ func (d *Daemon) inspectContainer(w http.ResponseWriter, r *http.Request, vars m
 		return err
 	}
 	out := containerJSON{ContainerInspect: in}
-	out.HostConfig.NetworkMode = "none"
+	out.HostConfig.NetworkMode = "default" // what the CLI sends; strata starts no network
 	out.HostConfig.RestartPolicy.Name = "no"
 	out.HostConfig.LogConfig.Type = "none"
 	out.HostConfig.LogConfig.Config = map[string]string{}

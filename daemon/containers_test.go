@@ -156,7 +156,7 @@ func TestCreateContainer(t *testing.T) {
 	}
 	d.create(t, "") // a generated name
 	wantError(t, d.do(t, "POST", "/containers/create?name=web", strings.NewReader(`{"Image":"app:1"}`)), http.StatusConflict,
-		fmt.Sprintf(`Conflict. The container name "/web" is already in use by container "%s". You have to remove (or rename) that container to be able to reuse that name`, id))
+		fmt.Sprintf(`Conflict. The container name "/web" is already in use by container "%s". You have to remove (or rename) that container to be able to reuse that name.`, id))
 	w := d.do(t, "POST", "/containers/create?name=-bad", strings.NewReader(`{"Image":"app:1"}`))
 	want(t, w, http.StatusBadRequest, nil)
 	// The CLI pulls on this 404 and retries.
@@ -229,7 +229,7 @@ func TestInspectContainer(t *testing.T) {
 	}
 	want(t, d.do(t, "GET", "/containers/web/json", nil), http.StatusOK, &in)
 	if in.ID != id || in.Name != "/web" || in.State.Status != "created" || in.Config.Image != "app:1" ||
-		in.HostConfig.NetworkMode == "" || in.SizeRw != nil {
+		in.HostConfig.NetworkMode != "default" || in.SizeRw != nil {
 		t.Fatalf("inspect: %+v", in)
 	}
 	want(t, d.do(t, "GET", "/containers/"+id[:12]+"/json?size=1", nil), http.StatusOK, &in)

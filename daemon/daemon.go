@@ -11,9 +11,11 @@ package daemon
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/strata-storage/strata/store"
@@ -39,9 +41,10 @@ func (d *Daemon) Handler() http.Handler {
 		h := w.Header()
 		h.Set("Api-Version", defaultAPIVersion)
 		h.Set("Ostype", runtime.GOOS)
+		h.Set("Docker-Experimental", "false")
 		h.Set("Server", serverHeader())
 		rec := &recorder{ResponseWriter: w}
-		if err := rt.serve(rec, r); err != nil {
+		if err := d.serve(rt, rec, r); err != nil {
 			if rec.status == 0 {
 				writeError(rec, err)
 			} else {
@@ -54,6 +57,21 @@ func (d *Daemon) Handler() http.Handler {
 		d.log.Info("request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
 			"duration", time.Since(start), "bytes", rec.bytes)
 	})
+}
+
+// serve runs the request's route and turns a panic into an error: a bug
+// in one handler answers 500 and leaves the daemon serving.
+func (d *Daemon) serve(rt *router, w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			d.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error: %v", p)
+		}
+	}()
+	return rt.serve(w, r)
 }
 
 // recorder remembers the status and counts the body bytes of a response.

@@ -254,7 +254,7 @@ func TestPing(t *testing.T) {
 		}
 		for k, v := range map[string]string{
 			"Api-Version": "1.50", "Ostype": "linux", "Docker-Experimental": "false",
-			"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache",
+			"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Swarm": "inactive",
 		} {
 			if got := w.Header().Get(k); got != v {
 				t.Errorf("%s /_ping: %s: %q, want %q", method, k, got, v)
@@ -293,3 +293,12 @@ func TestInfo(t *testing.T) {
 
 // testDigest is the hex sha256 of b: an image ID without "sha256:".
 func testDigest(b []byte) string { return digest.FromBytes(b).Encoded() }
+
+func TestPanicIsInternalError(t *testing.T) {
+	d := New(nil, slog.New(slog.DiscardHandler))
+	boom := func(http.ResponseWriter, *http.Request, map[string]string) error { panic("boom") }
+	err := d.serve(&router{routes: []route{{"GET", "/boom", boom}}}, httptest.NewRecorder(), httptest.NewRequest("GET", "/boom", nil))
+	if statusOf(err) != http.StatusInternalServerError || err.Error() != "internal error: boom" {
+		t.Fatalf("panicking handler: %v", err)
+	}
+}

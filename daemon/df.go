@@ -5,6 +5,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/strata-storage/strata/image"
 	"github.com/strata-storage/strata/layer"
 )
 
@@ -36,17 +37,10 @@ func (d *Daemon) systemDF(w http.ResponseWriter, r *http.Request, _ map[string]s
 		return err
 	}
 	du := diskUsage{Images: []imageSummary{}, Containers: []containerSummary{}, Volumes: []struct{}{}, BuildCache: []struct{}{}}
-	sizes := map[digest.Digest]int64{}
 	for _, l := range layers {
 		du.LayersSize += l.Size
-		sizes[l.ChainID] = l.Size
 	}
-	users := map[digest.Digest]int{} // images per layer
-	for _, img := range imgs {
-		for _, c := range chains(img.DiffIDs()) {
-			users[c]++
-		}
-	}
+	shared := sharedSizes(imgs, layers)
 	ctrsOf := map[digest.Digest]int64{}
 	for _, c := range ctrs {
 		ctrsOf[c.Image]++
@@ -56,12 +50,7 @@ func (d *Daemon) systemDF(w http.ResponseWriter, r *http.Request, _ map[string]s
 		if err != nil {
 			return err
 		}
-		s.SharedSize, s.Containers = 0, ctrsOf[img.ID]
-		for _, c := range chains(img.DiffIDs()) {
-			if users[c] > 1 {
-				s.SharedSize += sizes[c]
-			}
-		}
+		s.SharedSize, s.Containers = shared[img.ID], ctrsOf[img.ID]
 		du.Images = append(du.Images, s)
 	}
 	for _, c := range ctrs {
@@ -72,6 +61,31 @@ func (d *Daemon) systemDF(w http.ResponseWriter, r *http.Request, _ map[string]s
 		du.Containers = append(du.Containers, s)
 	}
 	return writeJSON(w, http.StatusOK, du)
+}
+
+// sharedSizes returns, per image, the bytes of its layers that other
+// images use too.
+func sharedSizes(imgs []image.Image, layers []layer.Layer) map[digest.Digest]int64 {
+	sizes := map[digest.Digest]int64{}
+	for _, l := range layers {
+		sizes[l.ChainID] = l.Size
+	}
+	users := map[digest.Digest]int{} // images per layer
+	for _, img := range imgs {
+		for _, c := range chains(img.DiffIDs()) {
+			users[c]++
+		}
+	}
+	shared := map[digest.Digest]int64{}
+	for _, img := range imgs {
+		shared[img.ID] = 0
+		for _, c := range chains(img.DiffIDs()) {
+			if users[c] > 1 {
+				shared[img.ID] += sizes[c]
+			}
+		}
+	}
+	return shared
 }
 
 // chains returns the chain ID of each layer of diffIDs, base first.

@@ -35,18 +35,14 @@ func writeError(w http.ResponseWriter, err error) {
 	}{errdefs.Message(err)})
 }
 
-// badRequest, notFound, conflict and notSupported make errors carrying
-// the sentinel of their status.
+// badRequest, notFound and notSupported make errors carrying the sentinel
+// of their status.
 func badRequest(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errdefs.ErrInvalid, fmt.Sprintf(format, args...))
 }
 
 func notFound(format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrNotFound)
-}
-
-func conflict(format string, args ...any) error {
-	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrInUse)
 }
 
 func notSupported(format string, args ...any) error {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/image"
+	"github.com/strata-storage/strata/imagearchive"
 	"github.com/strata-storage/strata/store"
 )
 
@@ -186,6 +187,14 @@ func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request, _ map[string
 			hasChildren[img.Parent] = true
 		}
 	}
+	var shared map[digest.Digest]int64 // with shared-size=1 only: it reads every layer
+	if formBool(q.Get("shared-size")) {
+		layers, err := d.store.Layers().List()
+		if err != nil {
+			return err
+		}
+		shared = sharedSizes(imgs, layers)
+	}
 	sort.SliceStable(imgs, func(i, j int) bool { return created(imgs[i]).After(created(imgs[j])) })
 	out := []imageSummary{}
 	for _, img := range imgs {
@@ -202,6 +211,9 @@ func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request, _ map[string
 			return err
 		}
 		s.RepoTags, s.RepoDigests = tags, digests
+		if shared != nil {
+			s.SharedSize = shared[img.ID]
+		}
 		out = append(out, s)
 	}
 	return writeJSON(w, http.StatusOK, out)
@@ -246,6 +258,9 @@ func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request, vars map[s
 		return err
 	}
 	in.RepoTags, in.RepoDigests = familiarAll(in.RepoTags), familiarAll(in.RepoDigests)
+	if versionAtLeast(r, "1.45") { // gone from the API since
+		in.Container, in.ContainerConfig = "", nil
+	}
 	if versionAtLeast(r, "1.44") {
 		return writeJSON(w, http.StatusOK, in)
 	}
@@ -274,18 +289,37 @@ func (d *Daemon) imageHistory(w http.ResponseWriter, r *http.Request, vars map[s
 	if err != nil {
 		return err
 	}
+	// As Docker does, the entries are named newest first by the image and
+	// its local parents, one each, while the parent chain lasts.
 	out := make([]historyEntry, 0, len(hist))
+	named := &img
 	for _, h := range hist {
 		e := historyEntry{ID: h.ID, CreatedBy: h.CreatedBy, Size: h.Size, Comment: h.Comment}
 		if !h.Created.IsZero() {
 			e.Created = h.Created.Unix()
 		}
-		if h.Tags != nil {
-			e.Tags = familiarAll(h.Tags)
+		if named != nil {
+			e.ID = named.ID.String()
+			if len(named.RepoTags) > 0 {
+				e.Tags = familiarAll(named.RepoTags)
+			}
+			named = d.parentImage(*named)
 		}
 		out = append(out, e)
 	}
 	return writeJSON(w, http.StatusOK, out)
+}
+
+// parentImage returns img's local parent, nil when it has none (any more).
+func (d *Daemon) parentImage(img image.Image) *image.Image {
+	if img.Parent == "" {
+		return nil
+	}
+	p, err := d.store.Images().Get(img.Parent)
+	if err != nil {
+		return nil
+	}
+	return &p
 }
 
 // tagImage is POST /images/{name}/tag?repo=&tag=: 201 with no body.
@@ -369,11 +403,30 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request, vars map[st
 	return writeJSON(w, http.StatusOK, out)
 }
 
-// createImage is pull (and import): not in strata yet. The CLI prints the
-// message after "Unable to find image ... locally".
+// createImage is POST /images/create: docker import when fromSrc is "-"
+// (the tar is the body), else a pull, which strata does not do yet: the
+// CLI prints the message after "Unable to find image ... locally".
 func (d *Daemon) createImage(w http.ResponseWriter, r *http.Request, _ map[string]string) error {
-	if r.URL.Query().Get("fromSrc") != "" {
-		return notSupported("importing images through the daemon is not supported by strata yet: use strata import")
+	q := r.URL.Query()
+	switch q.Get("fromSrc") {
+	case "":
+		return notSupported("pulling images is not supported by strata yet")
+	case "-":
+	default:
+		return notSupported("importing from a URL is not supported by strata yet: download it and import the file")
 	}
-	return notSupported("pulling images is not supported by strata yet")
+	opts := imagearchive.ImportOptions{Message: q.Get("message"), Changes: q["changes"]}
+	if repo := q.Get("repo"); repo != "" {
+		ref, err := tagReference(repo, q.Get("tag"))
+		if err != nil {
+			return err
+		}
+		opts.Ref = ref
+	}
+	img, err := imagearchive.Import(r.Context(), d.store, r.Body, opts)
+	if err != nil {
+		return err
+	}
+	// The CLI prints the status of the stream's one message: the image ID.
+	return newJSONStream(w).write(streamMessage{Status: img.ID.String()})
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/strata-storage/strata/container"
 )
 
@@ -163,6 +165,15 @@ func TestImageListFilters(t *testing.T) {
 			t.Errorf("filters %s: %v, want %v", filter, got, want)
 		}
 	}
+	for _, s := range d.list(t, "?shared-size=1") {
+		want := int64(len("content of base\n"))
+		if len(s.RepoTags) == 0 {
+			want = 0
+		}
+		if s.SharedSize != want {
+			t.Errorf("%v: SharedSize %d, want %d", s.RepoTags, s.SharedSize, want)
+		}
+	}
 	apiError(t, d.call(t, "GET", "/v1.50/images/json?filters="+url.QueryEscape(`{"dangling":["maybe"]}`), nil),
 		http.StatusBadRequest, "invalid filter 'dangling=maybe'")
 	apiError(t, d.call(t, "GET", "/v1.50/images/json?filters="+url.QueryEscape(`{"before":["nosuch"]}`), nil),
@@ -206,6 +217,18 @@ func TestInspectHistoryTag(t *testing.T) {
 		t.Fatalf("history: %+v", hist)
 	}
 
+	// Entries are named by the image, then its local parents, one each.
+	parent := testImage{tags: []string{"base:1"}, layers: [][]byte{layerOf(t, "a")}}
+	d.load(t, parent)
+	parentID := "sha256:" + testDigest(parent.config(t))
+	if err := d.s.Images().SetParent(digest.Digest(id), digest.Digest(parentID)); err != nil {
+		t.Fatal(err)
+	}
+	decode(t, d.call(t, "GET", "/v1.50/images/"+id+"/history", nil), http.StatusOK, &hist)
+	if len(hist) != 2 || hist[0].ID != id || hist[1].ID != parentID || !slices.Equal(hist[1].Tags, []string{"base:1"}) {
+		t.Fatalf("history with a parent: %+v", hist)
+	}
+
 	// The CLI sends the target normalised, the source as typed.
 	w := d.call(t, "POST", "/v1.50/images/localhost:5000/team/app:2/tag?repo=docker.io%2Flibrary%2Fbusybox&tag=t", nil)
 	if w.Code != http.StatusCreated || w.Body.Len() != 0 {
@@ -243,6 +266,15 @@ func TestRemoveImage(t *testing.T) {
 	decode(t, d.call(t, "DELETE", "/v1.50/images/app:1", nil), http.StatusOK, &out)
 	if len(out) != 1 || out[0].Untagged != "app:1" {
 		t.Fatalf("rmi app:1: %+v", out)
+	}
+	// By digest: the name arrives with "@" in the path.
+	byDigest := "localhost:5000/app@sha256:" + strings.Repeat("ab", 32)
+	if err := d.s.Images().Tag(digest.Digest(id), byDigest); err != nil {
+		t.Fatal(err)
+	}
+	decode(t, d.call(t, "DELETE", "/v1.50/images/"+byDigest, nil), http.StatusOK, &out)
+	if len(out) != 1 || out[0].Untagged != byDigest {
+		t.Fatalf("rmi by digest: %+v", out)
 	}
 	c, err := d.s.CreateContainer("app:2", container.CreateOptions{Name: "user"})
 	if err != nil {
@@ -339,4 +371,28 @@ func TestSystemDF(t *testing.T) {
 	if du.LayersSize != sum+int64(len("content of base\n")) {
 		t.Errorf("LayersSize %d, want %d", du.LayersSize, sum+int64(len("content of base\n")))
 	}
+}
+
+func TestImport(t *testing.T) {
+	d := newAPIDaemon(t)
+	w := d.call(t, "POST", "/v1.50/images/create?fromSrc=-&repo=docker.io%2Flibrary%2Fimported&tag=1&message=hi&changes=CMD+%5B%22%2Fbin%2Fsh%22%5D",
+		bytes.NewReader(layerOf(t, "rootfs")))
+	lines := streamLines(t, w.Body)
+	if w.Code != http.StatusOK || len(lines) != 1 || !strings.HasPrefix(lines[0].Status, "sha256:") {
+		t.Fatalf("import: %d %+v", w.Code, lines)
+	}
+	var in struct {
+		ID       string `json:"Id"`
+		RepoTags []string
+		Comment  string
+		Config   struct{ Cmd []string }
+	}
+	decode(t, d.call(t, "GET", "/v1.50/images/imported:1/json", nil), http.StatusOK, &in)
+	if in.ID != lines[0].Status || in.Comment != "hi" || !slices.Equal(in.Config.Cmd, []string{"/bin/sh"}) {
+		t.Fatalf("imported image: %+v", in)
+	}
+	apiError(t, d.call(t, "POST", "/v1.50/images/create?fromSrc=-&changes=ONBUILD+x", bytes.NewReader(layerOf(t, "r"))),
+		http.StatusNotImplemented, `change "ONBUILD x": only CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME and WORKDIR can be changed`)
+	apiError(t, d.call(t, "POST", "/v1.50/images/create?fromSrc=http://example.com/x.tar", nil),
+		http.StatusNotImplemented, "importing from a URL is not supported by strata yet: download it and import the file")
 }

@@ -123,7 +123,6 @@ func (rt *router) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return notFound("page not found") // as Docker answers, for an unknown method too
-
 }
 
 // apiVersion is the negotiated API version of r: its /vX.Y prefix, or the

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -41,9 +42,8 @@ type Options struct {
 // cancels their contexts and waits for their handlers to return, so that
 // the caller may close the store after it.
 func (d *Daemon) Serve(ctx context.Context, opts Options) error {
-	hosts := opts.Hosts
-	if len(hosts) == 0 {
-		hosts = []string{DefaultHost}
+	if err := opts.Check(); err != nil {
+		return err
 	}
 	var listeners []net.Listener
 	closeAll := func() {
@@ -51,8 +51,8 @@ func (d *Daemon) Serve(ctx context.Context, opts Options) error {
 			l.Close()
 		}
 	}
-	for _, h := range hosts {
-		l, err := listen(h, opts)
+	for _, h := range opts.hosts() {
+		l, err := opts.listen(h)
 		if err != nil {
 			closeAll()
 			return err
@@ -62,15 +62,19 @@ func (d *Daemon) Serve(ctx context.Context, opts Options) error {
 
 	base, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
-	var inFlight sync.WaitGroup
+	handlers := &inFlight{}
 	handler := d.Handler()
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			inFlight.Add(1)
-			defer inFlight.Done()
+			if !handlers.start() {
+				writeError(w, errors.New("the daemon is shutting down"))
+				return
+			}
+			defer handlers.wg.Done()
 			handler.ServeHTTP(w, r)
 		}),
 		BaseContext:       func(net.Listener) context.Context { return base },
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn), // TLS handshake failures
 		ReadHeaderTimeout: 30 * time.Second,
 	}
 	errs := make(chan error, len(listeners))
@@ -95,42 +99,97 @@ func (d *Daemon) Serve(ctx context.Context, opts Options) error {
 		cancelRequests()
 		srv.Close()
 	}
-	inFlight.Wait()
+	handlers.drain()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
 }
 
-// listen opens one host address.
-func listen(host string, opts Options) (net.Listener, error) {
+// inFlight counts the handlers running, so that Serve returns only once
+// none uses the store; once draining, no handler starts.
+type inFlight struct {
+	mu       sync.Mutex
+	draining bool
+	wg       sync.WaitGroup
+}
+
+func (f *inFlight) start() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.draining {
+		f.wg.Add(1)
+	}
+	return !f.draining
+}
+
+func (f *inFlight) drain() {
+	f.mu.Lock()
+	f.draining = true
+	f.mu.Unlock()
+	f.wg.Wait()
+}
+
+// Check refuses hosts Serve would refuse, before anything is opened: an
+// address that is not unix:///path or tcp://host:port, and tcp without
+// mutual TLS, as anyone reaching it would be root on the store.
+func (o Options) Check() error {
+	for _, h := range o.hosts() {
+		if _, _, err := o.parseHost(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o Options) hosts() []string {
+	if len(o.Hosts) == 0 {
+		return []string{DefaultHost}
+	}
+	return o.Hosts
+}
+
+// parseHost returns the network and address of host.
+func (o Options) parseHost(host string) (network, addr string, err error) {
 	u, err := url.Parse(host)
 	if err != nil || u.Scheme == "" {
-		return nil, fmt.Errorf("host %q: want unix:///path or tcp://host:port: %w", host, errdefs.ErrInvalid)
+		return "", "", fmt.Errorf("host %q: want unix:///path or tcp://host:port: %w", host, errdefs.ErrInvalid)
 	}
 	switch u.Scheme {
 	case "unix":
-		return listenUnix(u.Path, opts.SocketGroup)
+		if u.Path == "" {
+			return "", "", fmt.Errorf("host %q: no socket path: %w", host, errdefs.ErrInvalid)
+		}
+		return "unix", u.Path, nil
 	case "tcp":
-		if opts.TLS == nil || opts.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
-			return nil, fmt.Errorf("refusing to listen on %s without mutual TLS: anyone reaching it would be root on the store; use --tlsverify --tlscacert --tlscert --tlskey: %w", host, errdefs.ErrInvalid)
+		if o.TLS == nil || o.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+			return "", "", fmt.Errorf("refusing to listen on %s without mutual TLS: anyone reaching it would be root on the store; use --tlsverify --tlscacert --tlscert --tlskey: %w", host, errdefs.ErrInvalid)
 		}
-		l, err := net.Listen("tcp", u.Host)
-		if err != nil {
-			return nil, err
-		}
-		return tls.NewListener(l, opts.TLS), nil
+		return "tcp", u.Host, nil
 	}
-	return nil, fmt.Errorf("host %q: scheme %q: want unix or tcp: %w", host, u.Scheme, errdefs.ErrInvalid)
+	return "", "", fmt.Errorf("host %q: scheme %q: want unix or tcp: %w", host, u.Scheme, errdefs.ErrInvalid)
+}
+
+// listen opens one host address.
+func (o Options) listen(host string) (net.Listener, error) {
+	network, addr, err := o.parseHost(host)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		return listenUnix(addr, o.SocketGroup)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return tls.NewListener(l, o.TLS), nil
 }
 
 // listenUnix listens on a socket file, mode 0660, group group when it
 // exists. A socket file left by a daemon that died is replaced; one that
 // answers is another daemon's and stays.
 func listenUnix(path, group string) (net.Listener, error) {
-	if path == "" {
-		return nil, fmt.Errorf("unix socket: empty path: %w", errdefs.ErrInvalid)
-	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket: %w", path, errdefs.ErrExists)

@@ -246,6 +246,7 @@ func TestShutdownCancelsRequests(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
+	pw.CloseWithError(errors.New("client gave up")) // the client's body writer waits for it
 	if err := <-failed; err == nil {
 		t.Fatal("the interrupted load succeeded")
 	}

@@ -26,7 +26,7 @@ func (d *Daemon) ping(w http.ResponseWriter, r *http.Request, _ map[string]strin
 	h := w.Header()
 	h.Set("Cache-Control", "no-cache, no-store, must-revalidate")
 	h.Set("Pragma", "no-cache")
-	h.Set("Docker-Experimental", "false")
+	h.Set("Swarm", "inactive")
 	if r.Method == http.MethodHead {
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 		h.Set("Content-Length", "0")
@@ -139,6 +139,12 @@ type infoResponse struct {
 	CgroupVersion      string
 	IndexServerAddress string
 	SystemTime         string
+	Debug              bool
+	NFd                int
+	NGoroutines        int
+	ExperimentalBuild  bool
+	LiveRestoreEnabled bool
+	Plugins            struct{ Volume, Network, Authorization, Log []string }
 	Labels             []string
 	SecurityOptions    []string
 	Swarm              struct{ LocalNodeState string }
@@ -186,12 +192,21 @@ func (d *Daemon) info(w http.ResponseWriter, r *http.Request, _ map[string]strin
 		CgroupVersion:      "2",
 		IndexServerAddress: "https://index.docker.io/v1/",
 		SystemTime:         time.Now().Format(time.RFC3339Nano),
+		NFd:                openFiles(),
+		NGoroutines:        runtime.NumGoroutine(),
 		Labels:             []string{},
 		SecurityOptions:    []string{},
 		Warnings:           []string{},
 	}
 	in.Swarm.LocalNodeState = "inactive"
+	in.Plugins.Volume, in.Plugins.Network, in.Plugins.Log = []string{}, []string{}, []string{}
 	return writeJSON(w, http.StatusOK, in)
+}
+
+// openFiles is the number of file descriptors the daemon holds.
+func openFiles() int {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	return len(fds)
 }
 
 // daemonID is a stable identifier of this daemon: the host and the root it

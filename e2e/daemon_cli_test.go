@@ -138,6 +138,13 @@ func (s *cliSuite) load(t *testing.T) {
 		t.Fatalf("image inspect base:1: Id %q", s.imageID)
 	}
 
+	tiny := filepath.Join(t.TempDir(), "tiny.tar")
+	writeArchive(t, tiny, map[string][][]byte{s.p + "-tiny:1": {layerTar(t, map[string]string{"tiny": "tiny\n"})}})
+	if out := s.c.ok(t, "load", "-q", "-i", tiny); strings.TrimSpace(out) != "Loaded image: "+s.p+"-tiny:1" {
+		t.Errorf("load -q printed %q", out)
+	}
+	s.c.ok(t, "rmi", s.p+"-tiny:1")
+
 	broken := corruptArchive(t, s.p+"-broken:1")
 	if msg := s.c.fails(t, "load", "-i", broken); strings.TrimSpace(msg) == "" {
 		t.Errorf("load of a corrupt archive printed no error")
@@ -199,7 +206,7 @@ func (s *cliSuite) listImages(t *testing.T) {
 		{[]string{"--filter", "reference=base:2"}, false},
 		{[]string{"--filter", "reference=nosuch"}, false},
 		{[]string{"base"}, true},
-		{[]string{"docker.io/library/base:1"}, true},
+		{[]string{"docker.io/library/base:1"}, false}, // as dockerd: the pattern matches the familiar name
 		{[]string{"nosuch"}, false},
 	} {
 		args := append([]string{"images", "-q", "--no-trunc"}, c.args...)
@@ -329,6 +336,14 @@ func (s *cliSuite) ps(t *testing.T) {
 	if out := s.c.ok(t, "ps", "-q"); out != "" {
 		t.Errorf("ps without -a lists created containers: %q", out)
 	}
+	for _, filter := range []string{"name=" + s.ctr, "id=" + s.ctrID[:12], "ancestor=base:1", "status=created"} {
+		if out := s.c.ok(t, "ps", "-a", "-q", "--no-trunc", "--filter", filter); !hasLine(out, s.ctrID) {
+			t.Errorf("ps -a --filter %s: %q, want %s among them", filter, out, s.ctrID)
+		}
+	}
+	if out := s.c.ok(t, "ps", "-a", "-q", "--filter", "name=nosuch"); out != "" {
+		t.Errorf("ps -a --filter name=nosuch: %q", out)
+	}
 	got := sortedLines(s.c.ok(t, "ps", "-a", "-q", "--no-trunc"))
 	want := sortedLines(strata(t, s.root, "ps", "-a", "-q", "--no-trunc"))
 	if !slices.Equal(got, want) {
@@ -354,6 +369,10 @@ func (s *cliSuite) inspectContainer(t *testing.T) {
 	if g.ID != s.ctrID || g.Name != "/"+s.ctr || g.Image != s.imageID || g.State.Status != "created" ||
 		g.Config.Image != "base:1" || g.Driver == "" || g.Created == "" {
 		t.Errorf("container inspect %s: %+v", s.ctr, g)
+	}
+	sizes := strings.Fields(s.c.ok(t, "container", "inspect", "--size", "--format", "{{.SizeRw}} {{.SizeRootFs}}", s.ctr))
+	if len(sizes) != 2 || sizes[0] != "0" || sizes[1] == "0" || sizes[1] == "<nil>" {
+		t.Errorf("container inspect --size: SizeRw SizeRootFs = %v, want 0 and the image's size", sizes)
 	}
 	if id := strings.TrimSpace(s.c.ok(t, "container", "inspect", "--format", "{{.Id}}", s.ctrID[:12])); id != s.ctrID {
 		t.Errorf("container inspect by short ID: %q", id)
@@ -431,13 +450,19 @@ func (s *cliSuite) cpOut(t *testing.T) {
 	}
 }
 
-// diffAfterCp is what docker diff prints after cpIn's copies.
+// diffAfterCp is what docker diff prints after cpIn's copies and diff's
+// removal.
 var diffAfterCp = []string{
 	"A /root/file.txt", "A /root/renamed.txt", "A /root/tree", "A /root/tree/link", "A /root/tree/sub",
-	"A /root/tree/sub/leaf", "A /tmp/streamed.txt", "C /root", "C /tmp",
+	"A /root/tree/sub/leaf", "A /tmp/streamed.txt", "C /etc", "C /root", "C /tmp", "D /etc/motd",
 }
 
+// diff also deletes a file through `strata mount` on the daemon's root, so
+// that all three kinds of change show.
 func (s *cliSuite) diff(t *testing.T) {
+	mnt := strings.TrimSpace(strata(t, s.root, "mount", s.ctr))
+	must(t, os.Remove(filepath.Join(mnt, "etc/motd")))
+	strata(t, s.root, "umount", s.ctr)
 	got := sortedLines(s.c.ok(t, "diff", s.ctr))
 	if !slices.Equal(got, diffAfterCp) {
 		t.Errorf("diff:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(diffAfterCp, "\n"))
@@ -504,6 +529,12 @@ func (s *cliSuite) commit(t *testing.T) {
 	bare := strings.TrimSpace(s.c.ok(t, "commit", child))
 	if tags := strings.TrimSpace(s.c.ok(t, "image", "inspect", "--format", "{{json .RepoTags}}", bare)); tags != "[]" {
 		t.Errorf("commit without a reference: RepoTags %s, want []", tags)
+	}
+	if out := s.c.ok(t, "images", "-q", "--no-trunc", "--filter", "dangling=true"); strings.TrimSpace(out) != bare {
+		t.Errorf("images --filter dangling=true: %q, want %s", out, bare)
+	}
+	if out := s.c.ok(t, "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", "dangling=true"); strings.TrimSpace(out) != "<none>:<none>" {
+		t.Errorf("a dangling image lists as %q, want <none>:<none>", out)
 	}
 	s.c.ok(t, "rmi", bare)
 }
@@ -788,4 +819,156 @@ func testSigtermReleasesMounts(t *testing.T, d *strataDaemon, dir string) {
 	// the store is whole: the CLI removes what the daemon made
 	strata(t, d.root, "rm", "held")
 	strata(t, d.root, "rmi", "base:1")
+}
+
+// TestDaemonDockerParity runs one script of docker commands against strata's
+// daemon and against a real dockerd, with each CLI, and compares what the
+// CLI prints (standard output, standard error, exit code) once IDs, times,
+// sizes that depend on the clock and the driver's name are normalised.
+func TestDaemonDockerParity(t *testing.T) {
+	dir := images(t)
+	sock, _ := startDaemon(t)
+	d := startDockerd(t)
+	dockerSock := strings.TrimPrefix(d.host, "unix://")
+
+	file := filepath.Join(t.TempDir(), "note.txt")
+	must(t, os.WriteFile(file, []byte("parity\n"), 0o644))
+	base := filepath.Join(dir, "base.tar")
+	var baseID string // the config's digest, the same on both sides
+	eachTarFile(t, base, func(name string, r io.Reader) bool {
+		var m []struct{ Config string }
+		if name == "manifest.json" {
+			must(t, json.NewDecoder(r).Decode(&m))
+			baseID = strings.TrimSuffix(filepath.Base(m[0].Config), ".json")
+		}
+		return name == "manifest.json"
+	})
+
+	for i, bin := range []string{dockerOld, dockerNew} {
+		if _, err := os.Stat(bin); err != nil {
+			continue
+		}
+		p := fmt.Sprintf("par%d", i)
+		script := [][]string{
+			{"load", "-i", base},
+			{"images"},
+			{"images", "-a", "--digests"},
+			{"images", "--filter", "reference=base"},
+			{"images", "--format", "{{.Repository}}|{{.Tag}}|{{.ID}}|{{.Size}}", "base:1"},
+			{"image", "inspect", "--format", "{{json .RepoTags}}|{{json .RepoDigests}}|{{.Parent}}|{{.Comment}}|{{.Created}}|{{.DockerVersion}}|{{.Author}}|{{.Architecture}}|{{.Os}}|{{.Size}}|{{json .RootFS}}|{{json .Config}}", "base:1"},
+			{"history", "base:1"},
+			{"history", "--no-trunc", "--format", "{{.ID}}|{{.CreatedBy}}|{{.Size}}|{{.Comment}}", "base:1"},
+			{"tag", "base:1", p + "-tag:1"},
+			{"create", "--name", p + "-c", "base:1"},
+			{"create", "--name", p + "-c", "base:1"},
+			{"ps", "-a"},
+			{"ps", "-a", "-s"},
+			{"container", "inspect", "--format", "{{.Name}}|{{.Path}}|{{json .Args}}|{{.State.Status}}|{{.State.Running}}|{{json .Config.Cmd}}|{{json .Config.Env}}|{{.Config.Image}}|{{.Platform}}|{{.RestartCount}}|{{.HostConfig.NetworkMode}}", p + "-c"},
+			{"cp", file, p + "-c:/root/"},
+			{"cp", file, p + "-c:/nodir/"},
+			{"cp", p + "-c:/nonexistent", "-"},
+			{"cp", file, p + "-c:/etc/hostname/x"},
+			{"diff", p + "-c"},
+			{"inspect", "--format", "{{.Name}}", p + "-c"},
+			{"rmi", "54b05d4eced7"},
+			{"tag", "base:1", "localhost:5000/" + p + "/deep:2"},
+			{"images", "localhost:5000/" + p + "/deep"},
+			{"export", "-o", filepath.Join(t.TempDir(), "x.tar"), "nosuch"},
+			{"commit", "-m", "parity", "-a", "e2e", "-c", "ENV X=1", p + "-c", p + "-commit:1"},
+			{"image", "inspect", "--format", "{{json .RepoTags}}|{{.Comment}}|{{.Author}}|{{json .Config.Env}}|{{len .RootFS.Layers}}", p + "-commit:1"},
+			{"history", p + "-commit:1"},
+			{"image", "inspect", "--format", "{{.Parent}}|{{.Config.Image}}", p + "-commit:1"},
+			{"system", "df"},
+			{"rmi", "base:1"},
+			{"rmi", p + "-commit:1"},
+			{"inspect", "nosuch"},
+			{"history", "nosuch:2"},
+			{"tag", "nosuch", "x"},
+			{"diff", "nosuch"},
+			{"container", "inspect", "nosuch"},
+			{"commit", "nosuch"},
+			{"rm", "nosuch", p + "-c"},
+			{"rmi", p + "-commit:1"},
+			{"images"},
+			{"rmi", p + "-tag:1", "localhost:5000/" + p + "/deep:2"},
+			{"images", "-a"},
+			{"system", "df"},
+		}
+		t.Run(map[string]string{dockerNew: "docker28", dockerOld: "docker20"}[bin], func(t *testing.T) {
+			want, got := newNormalizer(baseID), newNormalizer(baseID)
+			for _, args := range script {
+				wOut, wErr, wCode := runDocker(t, bin, dockerSock, nil, args...)
+				gOut, gErr, gCode := runDocker(t, bin, sock, nil, args...)
+				// dockerd lists the tags of one image in no fixed order
+				unordered := args[0] == "images" || args[0] == "ps"
+				w := fmt.Sprintf("exit %d\n%s\n%s", wCode, want.apply(wOut, unordered), want.apply(wErr, false))
+				g := fmt.Sprintf("exit %d\n%s\n%s", gCode, got.apply(gOut, unordered), got.apply(gErr, false))
+				if w != g {
+					t.Errorf("docker %s\n--- dockerd:\n%s\n--- strata:\n%s", strings.Join(args, " "), w, g)
+				}
+			}
+		})
+	}
+}
+
+// normalizer rewrites what one daemon's CLI printed so that it can be
+// compared with the other's: IDs become tokens numbered by first appearance
+// (a short ID gets its long ID's token), clock-dependent text goes.
+type normalizer struct {
+	ids map[string]string // full hex ID -> token
+}
+
+// newNormalizer starts with the IDs both sides share, so that a difference
+// in what one side prints first does not renumber the rest.
+func newNormalizer(shared ...string) *normalizer {
+	n := &normalizer{ids: map[string]string{}}
+	for _, id := range shared {
+		n.token(id)
+	}
+	return n
+}
+
+var (
+	longHex   = regexp.MustCompile(`[0-9a-f]{64}`)
+	shortHex  = regexp.MustCompile(`\b[0-9a-f]{12}\b`)
+	agoText   = regexp.MustCompile(`(Less than a second|About a minute|About an hour|\d+ (seconds?|minutes?|hours?|days?|weeks?|months?|years?)) ago`)
+	timestamp = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`)
+	space     = regexp.MustCompile(`[ \t]+`)
+	tempPath  = regexp.MustCompile(`/var/tmp/strata-e2e-[^ "]*`)
+)
+
+func (n *normalizer) token(id string) string {
+	tok, ok := n.ids[id]
+	if !ok {
+		tok = fmt.Sprintf("<id%d>", len(n.ids)+1)
+		n.ids[id] = tok
+	}
+	return tok
+}
+
+func (n *normalizer) apply(s string, unordered bool) string {
+	s = longHex.ReplaceAllStringFunc(s, n.token)
+	s = shortHex.ReplaceAllStringFunc(s, func(short string) string {
+		for id, tok := range n.ids {
+			if strings.HasPrefix(id, short) {
+				return tok
+			}
+		}
+		return n.token(short)
+	})
+	s = agoText.ReplaceAllString(s, "<ago>")
+	s = timestamp.ReplaceAllString(s, "<time>")
+	s = tempPath.ReplaceAllString(s, "<path>")
+	s = strings.ReplaceAll(s, "overlay2", "overlay")
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, `time="`) {
+			continue // the CLI's own logging, e.g. of a tar it stopped sending
+		}
+		lines = append(lines, strings.TrimSpace(space.ReplaceAllString(l, " ")))
+	}
+	if unordered && len(lines) > 1 {
+		slices.Sort(lines[1:]) // the header stays first
+	}
+	return strings.TrimSpace(strings.Join(lines, "\n"))
 }

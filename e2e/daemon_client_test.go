@@ -37,30 +37,42 @@ func newMobyClient(t *testing.T, sock, version string) *client.Client {
 	return c
 }
 
-// loadMessages reads a load response: newline-separated JSON messages, the
-// last error among them.
-func loadMessages(t *testing.T, r io.Reader) (streams []string, errMsg string) {
+// loadResult is what a load response said: its "stream" lines, whether it
+// reported layer progress, and the last error among its messages.
+type loadResult struct {
+	streams  []string
+	progress bool
+	err      string
+}
+
+// readLoad reads a load response: newline-separated JSON messages.
+func readLoad(t *testing.T, r io.Reader) loadResult {
 	t.Helper()
+	var res loadResult
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var m struct {
-			Stream      string
-			Error       string
-			ErrorDetail *struct{ Message string }
+			Stream         string
+			Status         string
+			ProgressDetail struct{ Current, Total int64 }
+			ErrorDetail    *struct{ Message string }
 		}
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			t.Fatalf("load stream line %q: %v", sc.Text(), err)
 		}
 		if m.Stream != "" {
-			streams = append(streams, strings.TrimSpace(m.Stream))
+			res.streams = append(res.streams, strings.TrimSpace(m.Stream))
+		}
+		if m.Status == "Loading layer" && m.ProgressDetail.Total > 0 {
+			res.progress = true
 		}
 		if m.ErrorDetail != nil {
-			errMsg = m.ErrorDetail.Message
+			res.err = m.ErrorDetail.Message
 		}
 	}
 	must(t, sc.Err())
-	return streams, errMsg
+	return res
 }
 
 // TestDaemonMobyClient runs the core flows through the moby Go client, with
@@ -80,12 +92,24 @@ func TestDaemonMobyClient(t *testing.T) {
 	must(t, err)
 	res, err := c.ImageLoad(ctx, f)
 	must(t, err)
-	streams, errMsg := loadMessages(t, res)
+	loaded := readLoad(t, res)
 	res.Close()
 	f.Close()
-	if errMsg != "" || !slices.Contains(streams, "Loaded image: base:1") {
-		t.Fatalf("image load: streams %q, error %q", streams, errMsg)
+	if loaded.err != "" || !slices.Contains(loaded.streams, "Loaded image: base:1") || !loaded.progress {
+		t.Fatalf("image load: %+v, want Loaded image: base:1 after Loading layer progress", loaded)
 	}
+	// a corrupt archive fails, before the stream or in it
+	f, err = os.Open(corruptArchive(t, "moby/broken:1"))
+	must(t, err)
+	res, err = c.ImageLoad(ctx, f)
+	if err == nil {
+		loaded = readLoad(t, res)
+		res.Close()
+		if loaded.err == "" {
+			t.Errorf("load of a corrupt archive: %+v, want an error", loaded)
+		}
+	}
+	f.Close()
 
 	list, err := c.ImageList(ctx, client.ImageListOptions{Filters: make(client.Filters).Add("reference", "base")})
 	must(t, err)
@@ -234,11 +258,11 @@ func TestDaemonMobyClient(t *testing.T) {
 	}
 	res, err = c.ImageLoad(ctx, bytes.NewReader(archive), client.ImageLoadWithQuiet(true))
 	must(t, err)
-	streams, errMsg = loadMessages(t, res)
+	loaded = readLoad(t, res)
 	res.Close()
-	slices.Sort(streams)
-	if errMsg != "" || !slices.Equal(streams, []string{"Loaded image: moby/committed:1", "Loaded image: moby/tagged:1"}) {
-		t.Errorf("load of the saved archive: %q, error %q", streams, errMsg)
+	slices.Sort(loaded.streams)
+	if loaded.err != "" || loaded.progress || !slices.Equal(loaded.streams, []string{"Loaded image: moby/committed:1", "Loaded image: moby/tagged:1"}) {
+		t.Errorf("quiet load of the saved archive: %+v", loaded)
 	}
 	if again, err := c.ImageInspect(ctx, "moby/committed:1"); err != nil || again.ID != commit.ID {
 		t.Errorf("the reloaded commit: %v, %v", again.ID, err)

@@ -3,9 +3,16 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -207,6 +214,35 @@ func TestDaemonCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("sigterm-cancels-stalled-export", func(t *testing.T) {
+		// a client that stops reading an export keeps the container
+		// mounted: SIGTERM must still end the daemon and release the mount
+		d := launchDaemon(t, newRoot(t), "--shutdown-timeout", "2s")
+		archive := filepath.Join(t.TempDir(), "big.tar")
+		writeArchive(t, archive, map[string][][]byte{"big:1": {layerTar(t, map[string]string{"big": strings.Repeat("strata!\n", 4<<20)})}})
+		strata(t, d.root, "load", "-q", "-i", archive)
+		if _, msg, code := dockerOn(t, d.sock, "create", "--name", "stalled", "big:1"); code != 0 {
+			t.Fatal(msg)
+		}
+		resp, err := unixHTTP(d.sock).Get("http://strata/v1.50/containers/stalled/export")
+		must(t, err)
+		defer resp.Body.Close()
+		if _, err := io.CopyN(io.Discard, resp.Body, 1<<10); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.stop(30 * time.Second); err != nil {
+			t.Errorf("SIGTERM with an export stalled: %v\n%s", err, d.logTail())
+		}
+		if m := mountsUnder(d.root); len(m) > 0 {
+			t.Errorf("mounts left after SIGTERM: %v", m)
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+			t.Errorf("the stalled export ended cleanly: a cut tar must not look whole")
+		}
+		strata(t, d.root, "rm", "stalled")
+		strata(t, d.root, "rmi", "big:1")
+	})
+
 	t.Run("cli-alongside", func(t *testing.T) {
 		archive := filepath.Join(t.TempDir(), "tiny.tar")
 		writeArchive(t, archive, map[string][][]byte{"tiny:1": {layerTar(t, map[string]string{"bin/tool": "#!/bin/sh\n"})}})
@@ -289,4 +325,91 @@ func strataRun(root string, args ...string) (int, string) {
 		return -1, err.Error()
 	}
 	return 0, string(out)
+}
+
+// TestDaemonMutualTLS serves TCP with --tlsverify: the docker CLI with a
+// client certificate the CA signed gets in, one without a certificate or
+// with a certificate of another CA does not.
+func TestDaemonMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, "strata-e2e-ca")
+	ca.issue(t, dir, "server", x509.ExtKeyUsageServerAuth)
+	ca.issue(t, dir, "client", x509.ExtKeyUsageClientAuth)
+	ca.writeCert(t, filepath.Join(dir, "ca.pem"))
+	other := newTestCA(t, "another-ca")
+	other.issue(t, dir, "stranger", x509.ExtKeyUsageClientAuth)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	launchDaemon(t, newRoot(t), "--host", "tcp://"+addr, "--tlsverify",
+		"--tlscacert", filepath.Join(dir, "ca.pem"), "--tlscert", filepath.Join(dir, "server-cert.pem"), "--tlskey", filepath.Join(dir, "server-key.pem"))
+
+	docker := func(args ...string) (string, error) {
+		cmd := exec.Command(newestDocker(t), append([]string{"-H", "tcp://" + addr}, args...)...)
+		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+dockerConfigDir(t))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	file := func(name string) string { return filepath.Join(dir, name+".pem") }
+	if out, err := docker("--tlsverify", "--tlscacert", file("ca"), "--tlscert", file("client-cert"), "--tlskey", file("client-key"), "version", "--format", "{{.Server.APIVersion}}"); err != nil || strings.TrimSpace(out) != "1.50" {
+		t.Errorf("docker with a client certificate: %v %q", err, out)
+	}
+	if out, err := docker("--tls", "--tlscacert", file("ca"), "version", "--format", "{{.Server.APIVersion}}"); err == nil {
+		t.Errorf("docker without a client certificate got in: %q", out)
+	}
+	if out, err := docker("--tlsverify", "--tlscacert", file("ca"), "--tlscert", file("stranger-cert"), "--tlskey", file("stranger-key"), "version", "--format", "{{.Server.APIVersion}}"); err == nil {
+		t.Errorf("docker with another CA's certificate got in: %q", out)
+	}
+	if out, err := docker("version", "--format", "{{.Server.APIVersion}}"); err == nil {
+		t.Errorf("docker over plain HTTP got in: %q", out)
+	}
+}
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	der  []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	cert, err := x509.ParseCertificate(der)
+	must(t, err)
+	return &testCA{cert: cert, key: key, der: der}
+}
+
+func (ca *testCA) writeCert(t *testing.T, path string) {
+	t.Helper()
+	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der}), 0o644))
+}
+
+// issue writes <name>-cert.pem and <name>-key.pem in dir, for 127.0.0.1.
+func (ca *testCA) issue(t *testing.T, dir, name string, usage x509.ExtKeyUsage) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	must(t, err)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(dir, name+"-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, name+"-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
 }

@@ -11,8 +11,9 @@ import (
 // changes, as persistent-data's dm_tm_shadow_block does. The small trees
 // (devices, details, space-map indexes) are rebuilt whole at each commit.
 
-// maxCachedNodes bounds the clean nodes kept decoded in memory.
-const maxCachedNodes = 1 << 16
+// maxCachedNodes bounds the clean nodes kept decoded in memory (about 4 KiB
+// each).
+const maxCachedNodes = 8192
 
 // node returns the decoded node at block b.
 func (md *metadata) node(b uint64) (*node, error) {
@@ -21,6 +22,9 @@ func (md *metadata) node(b uint64) (*node, error) {
 	}
 	if n := md.cache[b]; n != nil {
 		return n, nil
+	}
+	if b >= md.meta.size() {
+		return nil, fmt.Errorf("%w: btree node %d past the end", errCorrupt, b)
 	}
 	buf, err := md.readBlock(b)
 	if err != nil {

@@ -1,8 +1,11 @@
 package thinp
 
 import (
+	"errors"
 	"os"
 	"testing"
+
+	"github.com/strata-storage/strata/errdefs"
 )
 
 // crash drops a pool without committing, as a killed server would.
@@ -104,4 +107,12 @@ func TestCrashDuringCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	reopenAfterCrash(t, m, meta, data)
+}
+
+// TestOpenLocked: a second pool on the same files is refused.
+func TestOpenLocked(t *testing.T) {
+	_, meta, data := newTestPool(t, Options{})
+	if _, err := Open(meta, data); !errors.Is(err, errdefs.ErrInUse) {
+		t.Fatalf("second open: %v, want ErrInUse", err)
+	}
 }

@@ -16,7 +16,7 @@ var blockBuffers sync.Pool
 func (p *Pool) ReadAt(id uint32, b []byte, off int64) (int, error) {
 	p.io.RLock()
 	defer p.io.RUnlock()
-	b, eof, err := p.clip(id, b, off)
+	b, short, err := p.clip(id, b, off)
 	if err != nil {
 		return 0, err
 	}
@@ -37,7 +37,10 @@ func (p *Pool) ReadAt(id uint32, b []byte, off int64) (int, error) {
 		}
 		n += len(chunk)
 	}
-	return n, eof
+	if short {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // WriteAt writes to device id, provisioning blocks as needed. A block
@@ -46,7 +49,7 @@ func (p *Pool) ReadAt(id uint32, b []byte, off int64) (int, error) {
 func (p *Pool) WriteAt(id uint32, b []byte, off int64) (int, error) {
 	p.io.RLock()
 	defer p.io.RUnlock()
-	b, eof, err := p.clip(id, b, off)
+	b, short, err := p.clip(id, b, off)
 	if err != nil {
 		return 0, err
 	}
@@ -54,12 +57,13 @@ func (p *Pool) WriteAt(id uint32, b []byte, off int64) (int, error) {
 	for n < len(b) {
 		vblock, inner := (off+int64(n))/p.blockSize, (off+int64(n))%p.blockSize
 		chunk := b[n:min(len(b), n+int(p.blockSize-inner))]
+		p.unsynced.Store(true)
 		if err := p.writeBlock(id, uint64(vblock), inner, chunk); err != nil {
 			return n, fmt.Errorf("write thin device %d: %w", id, err)
 		}
 		n += len(chunk)
 	}
-	if eof != nil {
+	if short {
 		return n, fmt.Errorf("write thin device %d at %d: %w", id, off+int64(n), io.ErrShortWrite)
 	}
 	return n, nil
@@ -120,11 +124,13 @@ func (p *Pool) fill(fresh, old uint64, copyOld bool, inner int64, chunk []byte) 
 		_, err := p.data.WriteAt(chunk, int64(fresh)*p.blockSize)
 		return err
 	}
-	buf, _ := blockBuffers.Get().([]byte)
-	if int64(len(buf)) != p.blockSize {
-		buf = make([]byte, p.blockSize)
+	bp, _ := blockBuffers.Get().(*[]byte)
+	if bp == nil || int64(len(*bp)) != p.blockSize {
+		b := make([]byte, p.blockSize)
+		bp = &b
 	}
-	defer blockBuffers.Put(buf)
+	defer blockBuffers.Put(bp)
+	buf := *bp
 	if copyOld {
 		if _, err := p.data.ReadAt(buf, int64(old)*p.blockSize); err != nil {
 			return err
@@ -137,24 +143,24 @@ func (p *Pool) fill(fresh, old uint64, copyOld bool, inner int64, chunk []byte) 
 	return err
 }
 
-// clip checks id and cuts b at the end of the device.
-func (p *Pool) clip(id uint32, b []byte, off int64) ([]byte, error, error) {
+// clip checks id and cuts b at the end of the device, saying whether it did.
+func (p *Pool) clip(id uint32, b []byte, off int64) ([]byte, bool, error) {
 	p.mu.Lock()
 	size, ok := p.sizes[id]
 	p.mu.Unlock()
 	if !ok {
-		return nil, nil, fmt.Errorf("thin device %d: %w", id, errdefs.ErrNotFound)
+		return nil, false, fmt.Errorf("thin device %d: %w", id, errdefs.ErrNotFound)
 	}
 	if off < 0 {
-		return nil, nil, fmt.Errorf("%w: negative offset %d", errdefs.ErrInvalid, off)
+		return nil, false, fmt.Errorf("%w: negative offset %d", errdefs.ErrInvalid, off)
 	}
 	if off >= size {
-		return nil, io.EOF, nil
+		return nil, len(b) > 0, nil
 	}
 	if off+int64(len(b)) > size {
-		return b[:size-off], io.EOF, nil
+		return b[:size-off], true, nil
 	}
-	return b, nil, nil
+	return b, false, nil
 }
 
 // Discard unmaps the whole blocks of device id inside [off, off+length),

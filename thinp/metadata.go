@@ -2,12 +2,14 @@ package thinp
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"slices"
 
 	"github.com/strata-storage/strata/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // metadata is the pool's metadata in memory and its transactions on the
@@ -21,7 +23,6 @@ type metadata struct {
 	meta, data       *spaceMap
 	roots            map[uint32]uint64 // device -> mapping tree root
 	details          map[uint32]*deviceDetails
-	committedDevs    map[uint32]bool
 	dirty            map[uint64]*node // mapping-tree nodes written by this transaction
 	cache            map[uint64]*node // clean nodes
 	// Blocks of the trees rewritten whole: rebuilt at every commit, the
@@ -31,6 +32,7 @@ type metadata struct {
 	dataRefRoot, metaRefRoot uint64
 	dataEntries, metaEntries [][]byte // index entry of each bitmap
 	metaIndex                uint64
+	committedTransactionID   uint64
 	metaAllocs               uint64 // metadata blocks allocated, for tests
 	lastCommitWrites         uint64 // metadata blocks the last commit wrote
 }
@@ -38,6 +40,10 @@ type metadata struct {
 func createMetadata(path string, size int64, dataBlocks uint64, dataBlockSectors uint32) (*metadata, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		return nil, err
+	}
+	if err := lock(f); err != nil {
+		f.Close()
 		return nil, err
 	}
 	nr := min(uint64(size)/metaBlockSize, maxMetaBlocks)
@@ -48,7 +54,6 @@ func createMetadata(path string, size int64, dataBlocks uint64, dataBlockSectors
 		data:             newSpaceMap(dataBlocks),
 		roots:            map[uint32]uint64{},
 		details:          map[uint32]*deviceDetails{},
-		committedDevs:    map[uint32]bool{},
 		dirty:            map[uint64]*node{},
 		cache:            map[uint64]*node{},
 	}
@@ -56,7 +61,7 @@ func createMetadata(path string, size int64, dataBlocks uint64, dataBlockSectors
 	md.meta.overflowDirty, md.data.overflowDirty = true, true // write the empty trees
 	err = f.Truncate(int64(nr) * metaBlockSize)
 	if err == nil {
-		err = md.commit()
+		err = md.commit(func() error { return nil })
 	}
 	if err != nil {
 		f.Close()
@@ -71,19 +76,34 @@ func openMetadata(path string) (*metadata, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := lock(f); err != nil {
+		f.Close()
+		return nil, err
+	}
 	md := &metadata{
-		f:             f,
-		roots:         map[uint32]uint64{},
-		details:       map[uint32]*deviceDetails{},
-		committedDevs: map[uint32]bool{},
-		dirty:         map[uint64]*node{},
-		cache:         map[uint64]*node{},
+		f:       f,
+		roots:   map[uint32]uint64{},
+		details: map[uint32]*deviceDetails{},
+		dirty:   map[uint64]*node{},
+		cache:   map[uint64]*node{},
 	}
 	if err := md.load(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return md, nil
+}
+
+// lock takes the metadata file for this process: two pools on the same
+// files would overwrite each other's transactions.
+func lock(f *os.File) error {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%s: pool open in another process: %w", f.Name(), errdefs.ErrInUse)
+		}
+		return fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return nil
 }
 
 func (md *metadata) close() error { return md.f.Close() }
@@ -117,6 +137,7 @@ func (md *metadata) load() error {
 	}
 	md.dataBlockSectors = sb.dataBlockSectors
 	md.transactionID = sb.transactionID
+	md.committedTransactionID = sb.transactionID
 	md.time = sb.time
 	md.needsCheck = sb.flags&needsCheckFlag != 0
 	if sb.metaSM.nrBlocks > maxMetaBlocks {
@@ -158,6 +179,9 @@ func (md *metadata) load() error {
 	if err != nil {
 		return err
 	}
+	if i := slices.IndexFunc(md.dataEntries, func(e []byte) bool { return e == nil }); i >= 0 {
+		return fmt.Errorf("%w: data bitmap %d missing from the index", errCorrupt, i)
+	}
 	md.dataRefRoot = sb.dataSM.refcountRoot
 	if err := md.loadRefcounts(md.data, md.dataRefRoot, &md.dataRefTree); err != nil {
 		return err
@@ -167,7 +191,6 @@ func (md *metadata) load() error {
 	// Devices and their details.
 	err = md.walkRaw(sb.mappingRoot, 8, &md.rebuilt, func(k uint64, v []byte) error {
 		md.roots[uint32(k)] = binary.LittleEndian.Uint64(v)
-		md.committedDevs[uint32(k)] = true
 		return nil
 	})
 	if err != nil {
@@ -216,7 +239,9 @@ func (md *metadata) loadRefcounts(sm *spaceMap, root uint64, blocks *[]uint64) e
 
 // commit writes the transaction: the dirty mapping-tree nodes, new device
 // and details trees, the changed space-map blocks, then the superblock.
-func (md *metadata) commit() error {
+// syncBeside, which makes durable what the transaction needs outside the
+// metadata file, runs while those blocks are synced.
+func (md *metadata) commit(syncBeside func() error) error {
 	writes := map[uint64][]byte{}
 	for _, b := range md.rebuilt {
 		md.release(b)
@@ -316,7 +341,10 @@ func (md *metadata) commit() error {
 			return fmt.Errorf("write metadata block %d: %w", b, err)
 		}
 	}
-	if err := md.f.Sync(); err != nil {
+	besideDone := make(chan error, 1)
+	go func() { besideDone <- syncBeside() }()
+	err = unix.Fdatasync(int(md.f.Fd()))
+	if err := errors.Join(err, <-besideDone); err != nil {
 		return err
 	}
 	md.lastCommitWrites = uint64(len(writes)) + 1
@@ -336,7 +364,7 @@ func (md *metadata) commit() error {
 	if _, err := md.f.WriteAt(sb.encode(), superblockLocation); err != nil {
 		return fmt.Errorf("write superblock: %w", err)
 	}
-	if err := md.f.Sync(); err != nil {
+	if err := unix.Fdatasync(int(md.f.Fd())); err != nil {
 		return err
 	}
 	for b, n := range md.dirty {
@@ -345,11 +373,14 @@ func (md *metadata) commit() error {
 	md.dirty = map[uint64]*node{}
 	md.meta.committed()
 	md.data.committed()
-	md.committedDevs = map[uint32]bool{}
-	for _, id := range ids {
-		md.committedDevs[id] = true
-	}
+	md.committedTransactionID = md.transactionID
 	return nil
+}
+
+// changed says whether anything differs from the last commit: every change
+// but the transaction id changes a reference count.
+func (md *metadata) changed() bool {
+	return len(md.meta.dirty) > 0 || len(md.data.dirty) > 0 || md.transactionID != md.committedTransactionID
 }
 
 // relocateBitmap gives bitmap i of sm a new block, so that the committed one
@@ -400,8 +431,6 @@ func (md *metadata) reserve() error {
 func (md *metadata) devices() []uint32 {
 	return slices.Sorted(maps.Keys(md.roots))
 }
-
-func (md *metadata) committedDevice(id uint32) bool { return md.committedDevs[id] }
 
 func (md *metadata) device(id uint32) (uint64, *deviceDetails, error) {
 	root, ok := md.roots[id]

@@ -128,6 +128,12 @@ func checkTools(t *testing.T, p *Pool, m model, meta string) {
 		}
 	}
 	st := p.Status()
+	ls := thinLs(t, meta)
+	for _, ds := range st.Devices {
+		if got := [3]uint64{ds.MappedBlocks, ds.Exclusive, ds.Shared}; got != ls[ds.ID] {
+			t.Fatalf("device %d: status mapped/exclusive/shared %v, thin_ls %v", ds.ID, got, ls[ds.ID])
+		}
+	}
 	if st.UsedData != uint64(len(users)) {
 		t.Fatalf("status: %d data blocks used, %d mapped", st.UsedData, len(users))
 	}
@@ -144,9 +150,9 @@ func checkTools(t *testing.T, p *Pool, m model, meta string) {
 	}
 }
 
-// TestRandomOperations runs random sequences of create, snapshot, write,
-// discard, delete, commit and reopen against the model, with thin_check
-// and thin_dump after every commit.
+// TestRandomOperations runs random sequences of create, snapshot (of
+// snapshots), write, discard, delete, grow, commit and reopen against the
+// model, with thin_check, thin_dump and thin_ls after every commit.
 func TestRandomOperations(t *testing.T) {
 	for seed := range uint64(3) {
 		t.Run("", func(t *testing.T) { randomOperations(t, seed) })
@@ -201,7 +207,15 @@ func randomOperations(t *testing.T, seed uint64) {
 				t.Fatal(err)
 			}
 			checkTools(t, p, m, meta)
-		case op < 32:
+		case op < 33:
+			st := p.Status()
+			if err := p.GrowData(int64(st.TotalData+100) * p.blockSize); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.GrowMetadata(int64(st.TotalMeta+100) * metaBlockSize); err != nil {
+				t.Fatal(err)
+			}
+		case op < 35:
 			if err := p.Close(); err != nil {
 				t.Fatal(err)
 			}

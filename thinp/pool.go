@@ -1,8 +1,10 @@
 // Package thinp is a thin-provisioning pool in user space whose metadata is
-// the kernel dm-thin on-disk format, so Debian's thin_check and thin_dump
-// accept it and a kernel with device-mapper could activate the same files.
+// the kernel dm-thin on-disk format: Debian's thin_check, thin_dump and
+// thin_ls (0.9.0) accept every committed transaction, and the same files
+// could be activated by a kernel with device-mapper (not verified here:
+// these machines have none).
 //
-// On disk a pool is two files:
+// On disk a pool is three files:
 //
 //	DATA   data block N at byte N*BlockSize (sparse; nothing else in the file)
 //	META   4 KiB metadata blocks, dm-thin format version 2:
@@ -18,17 +20,20 @@
 //	                   an index B-tree of the bitmaps, a B-tree of counts > 2
 //	  meta space map   the same for metadata blocks, indexed by one index
 //	                   block (crc^160478) instead of a tree
-//	META.sizes         JSON: the virtual size of each device (dm-thin keeps
-//	                   sizes in the device-mapper table, not in its metadata)
+//	META.sizes   the virtual size of each device, which dm-thin keeps in the
+//	             device-mapper table, not in its metadata: 8 bytes at id*8,
+//	             sectors<<24 | creation time (sparse)
 //
 // Every B-tree node (crc^121107) is copy-on-write: a transaction shadows the
-// nodes it changes into blocks no committed tree uses, so a crash before the
-// superblock write leaves the previous transaction whole. Nodes carry
-// reference counts in the metadata space map; a snapshot shares its origin's
-// tree root and increments its count, so it costs the same whatever the
-// origin maps. A write to a block provisioned before the device's last
-// snapshot (mapping time < snapshotted_time, the kernel's rule) copies the
-// whole block into a new one first.
+// nodes it changes into blocks no committed tree uses, and frees nothing for
+// reuse before it commits, so a crash before the superblock write leaves the
+// previous transaction whole. Nodes carry reference counts in the metadata
+// space map; a snapshot shares its origin's tree root and increments its
+// count, so it costs the same whatever the origin maps. A write to a block
+// provisioned before the device's last snapshot (mapping time <
+// snapshotted_time, the kernel's rule) copies the whole block into a new one
+// first. A commit syncs the data, the sizes and the new metadata blocks,
+// then writes the superblock and syncs it.
 package thinp
 
 import (
@@ -36,8 +41,10 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/strata-storage/strata/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoSpace is returned (wrapped) when the data or metadata space is full.
@@ -96,8 +103,9 @@ type Pool struct {
 	provisioning map[blockKey]chan struct{}
 	data         *os.File
 	blockSize    int64
-	sizes        map[uint32]int64
-	sizesPath    string
+	sizes        map[uint32]int64 // virtual size of each device
+	sizeTable    *sizeTable
+	unsynced     atomic.Bool // data written since the last data file sync
 	outOfData    bool
 	outOfMeta    bool
 }
@@ -147,11 +155,13 @@ func Create(metaPath, dataPath string, opts Options) (*Pool, error) {
 		os.Remove(dataPath)
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
-	p := newPool(md, data, opts.BlockSize, metaPath)
-	if err := saveSizes(p.sizesPath, p.sizes); err != nil {
-		p.Close()
+	sizes, err := openSizeTable(metaPath+".sizes", os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		md.close()
+		data.Close()
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
+	p := newPool(md, data, opts.BlockSize, sizes)
 	return p, nil
 }
 
@@ -166,25 +176,35 @@ func Open(metaPath, dataPath string) (*Pool, error) {
 		md.close()
 		return nil, fmt.Errorf("open pool: %w", err)
 	}
-	p := newPool(md, data, int64(md.dataBlockSectors)*512, metaPath)
-	sizes, err := loadSizes(p.sizesPath)
+	blockSize := int64(md.dataBlockSectors) * 512
+	if fi, err := data.Stat(); err != nil || fi.Size() < int64(md.data.size())*blockSize {
+		md.close()
+		data.Close()
+		return nil, fmt.Errorf("open pool: %w: data file %s is smaller than the %d blocks of %d bytes the metadata holds", errdefs.ErrInvalid, dataPath, md.data.size(), blockSize)
+	}
+	sizes, err := openSizeTable(metaPath+".sizes", os.O_CREATE)
 	if err != nil {
-		p.Close()
+		md.close()
+		data.Close()
 		return nil, fmt.Errorf("open pool: %w", err)
 	}
+	p := newPool(md, data, blockSize, sizes)
 	for _, id := range md.devices() {
-		p.sizes[id] = sizes[id]
+		if p.sizes[id], err = sizes.load(id, md.details[id].creationTime); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("open pool: %w", err)
+		}
 	}
 	return p, nil
 }
 
-func newPool(md *metadata, data *os.File, blockSize int64, metaPath string) *Pool {
+func newPool(md *metadata, data *os.File, blockSize int64, sizes *sizeTable) *Pool {
 	return &Pool{
 		md:           md,
 		data:         data,
 		blockSize:    blockSize,
 		sizes:        map[uint32]int64{},
-		sizesPath:    metaPath + ".sizes",
+		sizeTable:    sizes,
 		provisioning: map[blockKey]chan struct{}{},
 	}
 }
@@ -199,15 +219,15 @@ func (p *Pool) Close() error {
 	if p.md == nil {
 		return err
 	}
-	err = errors.Join(err, p.md.close(), p.data.Close())
+	err = errors.Join(err, p.md.close(), p.data.Close(), p.sizeTable.close())
 	p.md = nil
 	return err
 }
 
 // CreateThin creates an empty thin device of size bytes.
 func (p *Pool) CreateThin(id uint32, size int64) error {
-	if id > MaxDeviceID || size <= 0 {
-		return fmt.Errorf("%w: create thin %d of %d bytes", errdefs.ErrInvalid, id, size)
+	if id > MaxDeviceID || !validSize(size) {
+		return fmt.Errorf("%w: create thin %d of %d bytes: want an id up to %d, a size in 512-byte sectors", errdefs.ErrInvalid, id, size, MaxDeviceID)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -271,13 +291,13 @@ func (p *Pool) Commit() error {
 	if p.md == nil {
 		return fmt.Errorf("commit: pool is closed")
 	}
-	if err := p.data.Sync(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+	if !p.md.changed() {
+		if err := p.syncBeside(); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		return nil
 	}
-	if err := saveSizes(p.sizesPath, p.committedAndCurrentSizes()); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	if err := p.md.commit(); err != nil {
+	if err := p.md.commit(p.syncBeside); err != nil {
 		return p.noteSpace(fmt.Errorf("commit: %w", err))
 	}
 	// Blocks freed by the transaction are free now.
@@ -286,21 +306,16 @@ func (p *Pool) Commit() error {
 	return nil
 }
 
-// committedAndCurrentSizes returns the sizes of the devices of both the last
-// and the coming transaction: the sizes file is written before the
-// superblock, so either may be the one a crash leaves.
-func (p *Pool) committedAndCurrentSizes() map[uint32]int64 {
-	old, _ := loadSizes(p.sizesPath)
-	all := map[uint32]int64{}
-	for id, size := range old {
-		if p.md.committedDevice(id) {
-			all[id] = size
+// syncBeside makes what the next superblock relies on outside the
+// metadata file durable: the data written and the device sizes.
+func (p *Pool) syncBeside() error {
+	if p.unsynced.Swap(false) {
+		if err := unix.Fdatasync(int(p.data.Fd())); err != nil {
+			p.unsynced.Store(true)
+			return fmt.Errorf("sync data: %w", err)
 		}
 	}
-	for id, size := range p.sizes {
-		all[id] = size
-	}
-	return all
+	return p.sizeTable.save(p.sizes, func(id uint32) uint32 { return p.md.details[id].creationTime })
 }
 
 // noteSpace records an exhausted space for Status.
@@ -326,7 +341,7 @@ func (p *Pool) Status() Status {
 		TotalData:     p.md.data.size(),
 		UsedMeta:      p.md.meta.used(),
 		TotalMeta:     p.md.meta.size(),
-		NeedsCheck:    p.md.needsCheck,
+		NeedsCheck:    p.md.needsCheck || p.md.meta.errors+p.md.data.errors > 0,
 		OutOfData:     p.outOfData,
 		OutOfMeta:     p.outOfMeta,
 	}
@@ -359,6 +374,27 @@ func (p *Pool) DeviceSize(id uint32) (int64, error) {
 	}
 	return size, nil
 }
+
+// SetDeviceSize sets the virtual size of a device, as loading a thin target
+// of another length does: for pools whose metadata came from elsewhere (the
+// kernel, thin_restore), which have no sizes file, and to grow a device.
+// Blocks mapped past a smaller size stay mapped.
+func (p *Pool) SetDeviceSize(id uint32, size int64) error {
+	if !validSize(size) {
+		return fmt.Errorf("%w: thin device %d: size %d: want a size in 512-byte sectors", errdefs.ErrInvalid, id, size)
+	}
+	p.io.Lock()
+	defer p.io.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, _, err := p.md.device(id); err != nil {
+		return err
+	}
+	p.sizes[id] = size
+	return nil
+}
+
+func validSize(size int64) bool { return size > 0 && size%512 == 0 && size <= maxDeviceSize }
 
 // GrowData extends the data file to size bytes; the new blocks are usable at
 // once.

@@ -2,8 +2,12 @@ package thinp
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"path/filepath"
 	"testing"
+
+	"github.com/strata-storage/strata/errdefs"
 )
 
 func newTestPool(t testing.TB, opts Options) (p *Pool, meta, data string) {
@@ -40,4 +44,86 @@ func TestCreateWriteCommit(t *testing.T) {
 	thinCheck(t, meta)
 	d := thinDump(t, meta)
 	t.Logf("%+v", d)
+}
+
+// TestDefaultSizes creates the seed's pool (100 GiB data, 2 GiB metadata,
+// sparse), reopens it, and checks the sizes the tools see.
+func TestDefaultSizes(t *testing.T) {
+	dir := t.TempDir()
+	meta, data := filepath.Join(dir, "meta"), filepath.Join(dir, "data")
+	p, err := Create(meta, data, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateThin(0, 10<<30); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.WriteAt(0, []byte("hello"), 5<<30); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(meta, data, Options{}); !errors.Is(err, errdefs.ErrExists) {
+		t.Fatalf("create over an existing pool: %v, want ErrExists", err)
+	}
+	p, err = Open(meta, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	st := p.Status()
+	if st.TotalData != DefaultDataSize/DefaultBlockSize || st.TotalMeta != DefaultMetadataSize/metaBlockSize || st.UsedData != 1 {
+		t.Fatalf("status: %+v", st)
+	}
+	if size, err := p.DeviceSize(0); err != nil || size != 10<<30 {
+		t.Fatalf("device size after reopen: %d, %v", size, err)
+	}
+	buf := make([]byte, 5)
+	if _, err := p.ReadAt(0, buf, 5<<30); err != nil || string(buf) != "hello" {
+		t.Fatalf("read after reopen: %q, %v", buf, err)
+	}
+	thinCheck(t, meta)
+	if d := thinDump(t, meta); d.NrDataBlocks != st.TotalData || d.BlockSize != 128 {
+		t.Fatalf("thin_dump: %+v", d)
+	}
+}
+
+// TestInvalid covers the argument checks: ids, sizes, block sizes, unknown
+// devices, transaction ids.
+func TestInvalid(t *testing.T) {
+	p, _, _ := newTestPool(t, Options{})
+	for _, err := range []error{
+		p.CreateThin(MaxDeviceID+1, 1<<20),
+		p.CreateThin(1, 1000),
+		p.SetTransactionID(5, 6),
+		p.GrowData(1 << 20),
+	} {
+		if !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("got %v, want ErrInvalid", err)
+		}
+	}
+	for _, err := range []error{p.CreateSnap(2, 9), p.Delete(9), p.Discard(9, 0, 1<<20)} {
+		if !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("got %v, want ErrNotFound", err)
+		}
+	}
+	if _, err := p.ReadAt(9, make([]byte, 10), 0); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("read of a missing device: %v", err)
+	}
+	if err := p.CreateThin(1, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateThin(1, 1<<20); !errors.Is(err, errdefs.ErrExists) {
+		t.Errorf("second create_thin 1: %v, want ErrExists", err)
+	}
+	if err := p.CreateSnap(1, 1); !errors.Is(err, errdefs.ErrExists) {
+		t.Errorf("create_snap over an existing id: %v, want ErrExists", err)
+	}
+	if n, err := p.ReadAt(1, make([]byte, 10), 1<<20-4); n != 4 || !errors.Is(err, io.EOF) {
+		t.Errorf("read across the end: %d, %v", n, err)
+	}
+	if _, err := Create(filepath.Join(t.TempDir(), "m"), filepath.Join(t.TempDir(), "d"), Options{BlockSize: 96 << 10}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("96 KiB blocks: %v, want ErrInvalid", err)
+	}
 }

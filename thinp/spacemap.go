@@ -1,9 +1,6 @@
 package thinp
 
-import (
-	"encoding/binary"
-	"fmt"
-)
+import "encoding/binary"
 
 // spaceMap holds the reference count of every block of one space (data or
 // metadata) in memory. On disk it is persistent-data's sm_disk: 2-bit counts
@@ -19,6 +16,9 @@ type spaceMap struct {
 	// overflowDirty says the reference-count tree must be rewritten.
 	overflowDirty bool
 	cursor        uint64
+	// errors counts references to blocks past the end and decrements of
+	// counts of 0: corrupt metadata or a bug, reported as needing a check.
+	errors int
 	// bitmaps is the metadata block of each bitmap (0: not written yet).
 	bitmaps []uint64
 }
@@ -51,9 +51,19 @@ func (sm *spaceMap) grow(nrBlocks uint64) {
 	}
 }
 
-func (sm *spaceMap) count(b uint64) uint32 { return sm.counts[b] }
+func (sm *spaceMap) count(b uint64) uint32 {
+	if b >= sm.size() {
+		sm.errors++
+		return 0
+	}
+	return sm.counts[b]
+}
 
 func (sm *spaceMap) set(b uint64, c uint32) {
+	if b >= sm.size() {
+		sm.errors++
+		return
+	}
 	old := sm.counts[b]
 	sm.counts[b] = c
 	sm.dirty[int(b/entriesPerBitmap)] = true
@@ -75,13 +85,14 @@ func (sm *spaceMap) set(b uint64, c uint32) {
 	}
 }
 
-func (sm *spaceMap) inc(b uint64) { sm.set(b, sm.counts[b]+1) }
+func (sm *spaceMap) inc(b uint64) { sm.set(b, sm.count(b)+1) }
 
 // dec drops one reference and returns the count left.
 func (sm *spaceMap) dec(b uint64) uint32 {
-	c := sm.counts[b]
+	c := sm.count(b)
 	if c == 0 {
-		panic(fmt.Sprintf("thinp: reference count of block %d below zero", b))
+		sm.errors++
+		return 0
 	}
 	sm.set(b, c-1)
 	return c - 1

@@ -2,7 +2,9 @@ package thinp
 
 import (
 	"encoding/xml"
+	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -78,4 +80,25 @@ func thinDump(t testing.TB, meta string) dump {
 		t.Fatalf("thin_dump output: %v\n%s", err, out)
 	}
 	return d
+}
+
+// thinLs runs thin_ls and returns, per device, its mapped, exclusive and
+// shared block counts.
+func thinLs(t testing.TB, meta string) map[uint32][3]uint64 {
+	t.Helper()
+	needTool(t, "thin_ls")
+	out, err := exec.Command("thin_ls", "--no-headers", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS", meta).Output()
+	if err != nil {
+		t.Fatalf("thin_ls %s: %v\n%s", meta, err, out)
+	}
+	devs := map[uint32][3]uint64{}
+	for line := range strings.Lines(string(out)) {
+		var id uint32
+		var c [3]uint64
+		if _, err := fmt.Sscan(line, &id, &c[0], &c[1], &c[2]); err != nil {
+			t.Fatalf("thin_ls line %q: %v", line, err)
+		}
+		devs[id] = c
+	}
+	return devs
 }

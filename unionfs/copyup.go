@@ -16,7 +16,11 @@ import (
 // mode, owner, times and xattrs, made in the work directory (file data
 // synced) and renamed into place: a crash leaves the lower file showing
 // or the whole copy, never half of it. Call it with the union locked alone.
-func (n *node) copyUp() syscall.Errno {
+func (n *node) copyUp() syscall.Errno { return n.copyUpAs(true) }
+
+// copyUpAs copies the node up, its content only with data: an open with
+// O_TRUNC is about to drop it.
+func (n *node) copyUpAs(data bool) syscall.Errno {
 	if n.e.branch == 0 {
 		return 0
 	}
@@ -28,7 +32,7 @@ func (n *node) copyUp() syscall.Errno {
 	}
 	tmp, err := n.u.tempName()
 	if err == nil {
-		err = copyEntry(n.full(), tmp, &n.e.st, true)
+		err = copyEntry(n.full(), tmp, &n.e.st, data, true)
 	}
 	return n.placeCopy(tmp, err)
 }
@@ -44,7 +48,7 @@ func (n *node) copyUpDir() syscall.Errno {
 	}
 	tmp, err := n.u.tempName()
 	if err == nil {
-		err = copyEntry(n.full(), tmp, &n.e.st, false)
+		err = copyEntry(n.full(), tmp, &n.e.st, false, false)
 	}
 	if errno := n.placeCopy(tmp, err); errno != 0 {
 		return errno
@@ -83,13 +87,13 @@ func (u *Union) tempName() (string, error) {
 }
 
 // copyEntry copies the file src, described by st, to the new name dst
-// (not its content when it is a directory); sync makes a regular file's
-// data durable.
-func copyEntry(src, dst string, st *syscall.Stat_t, sync bool) error {
+// (not its content when it is a directory). Without data a regular file's
+// copy is empty; sync makes its data durable.
+func copyEntry(src, dst string, st *syscall.Stat_t, data, sync bool) error {
 	var err error
 	switch st.Mode & syscall.S_IFMT {
 	case syscall.S_IFREG:
-		err = copyData(src, dst, sync)
+		err = copyData(src, dst, data, sync)
 	case syscall.S_IFDIR:
 		err = syscall.Mkdir(dst, 0o700)
 	case syscall.S_IFLNK:
@@ -106,18 +110,23 @@ func copyEntry(src, dst string, st *syscall.Stat_t, sync bool) error {
 	return copyMeta(src, dst, st)
 }
 
-// copyData copies a regular file's content: a reflink where the file
-// system shares blocks, else copy_file_range, which copies in the kernel.
-func copyData(src, dst string, sync bool) error {
+// copyData copies a regular file's content, with data: a reflink where the
+// file system shares blocks, else copy_file_range, which copies in the
+// kernel. Without data, dst is made empty.
+func copyData(src, dst string, data, sync bool) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil || !data {
+		if out != nil {
+			err = out.Close()
+		}
+		return err
+	}
 	in, err := os.Open(src)
 	if err != nil {
+		out.Close()
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) != nil {
 		// io.Copy between two *os.File uses copy_file_range.
 		if _, err := io.Copy(out, in); err != nil {
@@ -135,9 +144,11 @@ func copyData(src, dst string, sync bool) error {
 }
 
 // copyMeta gives dst the owner, mode, xattrs and times of src: owner before
-// mode, since chown clears set-user-ID bits.
+// mode, since chown clears set-user-ID bits. An owner or xattr the server
+// may not set (it is not root, or the owner has no id in its user
+// namespace) is left as the server's: vfs-like ownership.
 func copyMeta(src, dst string, st *syscall.Stat_t) error {
-	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil && !errors.Is(err, syscall.EPERM) {
+	if err := os.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil && !notAllowed(err) {
 		return err
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFLNK {
@@ -176,9 +187,13 @@ func copyXattrs(src, dst string) error {
 		if err != nil {
 			return err
 		}
-		if err := unix.Lsetxattr(dst, name, value[:m], 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		if err := unix.Lsetxattr(dst, name, value[:m], 0); err != nil && !notAllowed(err) {
 			return err
 		}
 	}
 	return nil
+}
+
+func notAllowed(err error) bool {
+	return errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)
 }

@@ -163,7 +163,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		}
 		n.u.mu.Lock()
 		defer n.u.mu.Unlock()
-		if errno := n.copyUp(); errno != 0 {
+		if errno := n.copyUpAs(flags&syscall.O_TRUNC == 0); errno != 0 {
 			return nil, 0, errno
 		}
 	} else {
@@ -202,6 +202,12 @@ func (h *handle) PassthroughFd() (int, bool) {
 		return 0, false
 	}
 	return h.LoopbackFile.PassthroughFd()
+}
+
+// Read serves a read the kernel did not pass through.
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.n.u.served.Add(1)
+	return h.LoopbackFile.Read(ctx, dest, off)
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

@@ -12,8 +12,8 @@ import (
 var _ fs.NodeRenamer = (*node)(nil)
 
 // Rename moves name to newName in newParent. A directory that lower
-// branches have part of is copied whole into the writable branch, as one
-// opaque directory, under its new name (kernel overlayfs without
+// branches have part of is copied whole into the writable branch under its
+// new name (opaque if lower branches have that name too) (kernel overlayfs without
 // redirect_dir answers EXDEV instead); whiteouts hide the old name.
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np := newParent.(*node)
@@ -74,7 +74,10 @@ func (n *node) rename(name string, np *node, newName string, noReplace bool) sys
 		// Part of the directory is below: build the whole of it.
 		tmp, err := n.u.tempName()
 		if err == nil {
-			err = n.u.copyTree(&src, rel, tmp)
+			err = n.u.copyTree(&src, rel, tmp, dstLower)
+		}
+		if err == nil {
+			err = syncFS(tmp) // the copies' data, before the rename shows them
 		}
 		if err != nil {
 			os.RemoveAll(tmp)
@@ -147,21 +150,27 @@ func checkReplace(u *Union, src, dst *entry, newRel string, noReplace bool) sysc
 }
 
 // copyTree copies the directory e at rel, as the union shows it, to the new
-// name dst: an opaque directory of the writable branch's file system.
-func (u *Union) copyTree(e *entry, rel, dst string) error {
+// name dst on the writable branch's file system; opaque when it is to hide
+// what lower branches have at its destination.
+func (u *Union) copyTree(e *entry, rel, dst string, opaque bool) error {
 	if err := syscall.Mkdir(dst, 0o700); err != nil {
 		return err
 	}
-	if err := writeOpaque(dst); err != nil {
-		return err
+	if opaque {
+		if err := writeOpaque(dst); err != nil {
+			return err
+		}
 	}
-	if err := u.copyChildren(e, rel, dst); err != nil {
+	if err := u.copyChildren(e, rel, dst, map[[2]uint64]string{}); err != nil {
 		return err
 	}
 	return copyMeta(u.stack.Branches[e.branch]+rel, dst, &e.st)
 }
 
-func (u *Union) copyChildren(e *entry, rel, dst string) error {
+// copyChildren copies the content of directory e; files linked more than
+// once in it stay linked (links maps a copied file's device and inode to
+// its copy).
+func (u *Union) copyChildren(e *entry, rel, dst string, links map[[2]uint64]string) error {
 	list, err := u.stack.list(e.dirs, rel)
 	if err != nil {
 		return err
@@ -173,11 +182,21 @@ func (u *Union) copyChildren(e *entry, rel, dst string) error {
 			return err
 		}
 		src := u.stack.Branches[c.branch] + crel
-		if err := copyEntry(src, dst+"/"+l.name, &c.st, false); err != nil {
+		id := [2]uint64{c.st.Dev, c.st.Ino}
+		if first, ok := links[id]; ok {
+			if err := os.Link(first, dst+"/"+l.name); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := copyEntry(src, dst+"/"+l.name, &c.st, true, false); err != nil { // synced at once after
 			return err
 		}
+		if c.st.Nlink > 1 && !c.isDir() {
+			links[id] = dst + "/" + l.name
+		}
 		if c.isDir() {
-			if err := u.copyChildren(&c, crel, dst+"/"+l.name); err != nil {
+			if err := u.copyChildren(&c, crel, dst+"/"+l.name, links); err != nil {
 				return err
 			}
 			if err := copyMeta(src, dst+"/"+l.name, &c.st); err != nil { // times, after the content
@@ -211,4 +230,14 @@ func (u *Union) refresh(n *node, dirs []int, rel string) syscall.Errno {
 		}
 	}
 	return 0
+}
+
+// syncFS makes durable everything written to the file system of p.
+func syncFS(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
 }

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,11 +60,13 @@ type Union struct {
 	passthrough bool
 	root        *node
 	server      *fuse.Server
-	asRoot      bool // the server runs as root: owners of new files are set
+	asRoot      bool // the server is the host's root: it sets owners, allows others in
 
 	// mu orders changes of the branches: lookups, reads and opens for
 	// reading share it, changes take it alone.
 	mu sync.RWMutex
+
+	served atomic.Int64 // reads served by the server, not passed through
 
 	idMu    sync.Mutex
 	ids     map[idKey]uint64
@@ -92,7 +95,7 @@ func Mount(mountpoint string, opts Options) (*Union, error) {
 		stack:    Stack{Branches: opts.Branches},
 		writable: opts.Writable,
 		ids:      map[idKey]uint64{},
-		asRoot:   os.Geteuid() == 0,
+		asRoot:   os.Geteuid() == 0 && hostRoot(),
 	}
 	u.nextIno.Store(1) // 1 is the root
 	if u.writable {
@@ -201,4 +204,11 @@ func (u *Union) forget(st *syscall.Stat_t, branch int, rel string) {
 	u.idMu.Lock()
 	delete(u.ids, u.key(st, branch, rel))
 	u.idMu.Unlock()
+}
+
+// hostRoot reports whether this process is in the host's user namespace,
+// where root may mount devices, let others in and use passthrough.
+func hostRoot() bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && strings.Join(strings.Fields(string(b)), " ") == "0 0 4294967295"
 }

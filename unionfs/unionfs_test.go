@@ -47,9 +47,7 @@ func tree(t *testing.T, dir string, files map[string]string) {
 // end of the test.
 func mount(t *testing.T, writable bool, branches ...string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting FUSE directly needs root")
-	}
+	needRoot(t)
 	mnt := t.TempDir()
 	u, err := Mount(mnt, Options{Branches: branches, Writable: writable, Passthrough: true, Name: "unionfs-test"})
 	if err != nil {
@@ -62,6 +60,12 @@ func mount(t *testing.T, writable bool, branches ...string) string {
 		u.Wait()
 	})
 	return mnt
+}
+
+func needRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the tests mount FUSE directly, as root (TestUserNamespace covers a user that is not)")
+	}
 }
 
 // branches makes n empty branch directories.
@@ -328,5 +332,73 @@ func TestStackWithoutMount(t *testing.T) {
 	}
 	if names, err := s.Names("/d"); err != nil || !slices.Equal(names, []string{"y", "z"}) {
 		t.Errorf("Names /d: %q, %v", names, err)
+	}
+}
+
+// TestPassthrough reads a lower file and writes an upper one: with
+// passthrough the kernel does both on the branch files, and no read reaches
+// the server. A file open on its lower copy cannot be opened on its new
+// upper copy until it is closed (the kernel ties a passthrough inode to one
+// backing file).
+func TestPassthrough(t *testing.T) {
+	b := branches(t, 2)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	if err := os.WriteFile(b[1]+"/big", big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	needRoot(t)
+	mnt := t.TempDir()
+	u, err := Mount(mnt, Options{Branches: b, Writable: true, Passthrough: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Unmount(); u.Wait() })
+	if !u.Passthrough() {
+		t.Skip("the kernel offers no FUSE passthrough")
+	}
+	got, err := os.ReadFile(mnt + "/big")
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("read: %d bytes, %v", len(got), err)
+	}
+	if n := u.served.Load(); n != 0 {
+		t.Errorf("%d reads went through the server", n)
+	}
+	r, err := os.Open(mnt + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.OpenFile(mnt+"/big", os.O_WRONLY, 0); !errors.Is(err, syscall.ETXTBSY) {
+		t.Errorf("open for writing while open on the lower copy: %v, want ETXTBSY", err)
+	}
+	r.Close()
+	if err := os.WriteFile(mnt+"/big", []byte("small"), 0o644); err != nil {
+		t.Fatalf("write once the lower copy is closed: %v", err)
+	}
+	if got := read(t, mnt+"/big"); got != "small" {
+		t.Errorf("after the write: %q", got)
+	}
+}
+
+// TestWithoutPassthrough serves reads itself when passthrough is off.
+func TestWithoutPassthrough(t *testing.T) {
+	b := branches(t, 2)
+	if err := os.WriteFile(b[1]+"/f", []byte("lower"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	needRoot(t)
+	mnt := t.TempDir()
+	u, err := Mount(mnt, Options{Branches: b, Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Unmount(); u.Wait() })
+	if got := read(t, mnt+"/f"); got != "lower" || u.served.Load() == 0 {
+		t.Errorf("read %q with %d reads served, want the content through the server", got, u.served.Load())
+	}
+	if err := os.WriteFile(mnt+"/f", []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, b[0]+"/f"); got != "upper" {
+		t.Errorf("upper copy holds %q", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -88,11 +89,14 @@ func (n *node) created(ctx context.Context, name string, out *fuse.EntryOut) (*f
 // own gives the caller the new file at p, whose directory in the union is
 // parent, as a local file system would: the group of a set-group-ID
 // parent, which a new directory inherits the bit of. A server that is not
-// root leaves files its own (vfs-like ownership).
+// the host's root leaves files its own (vfs-like ownership).
 func (u *Union) own(ctx context.Context, p, parent string) error {
 	caller, ok := fuse.FromContext(ctx)
 	if !ok || !u.asRoot {
 		return nil
+	}
+	if caller.Uid == 0 && caller.Gid == 0 && filepath.Dir(p) == filepath.Clean(parent) {
+		return nil // made in place by root already, as the kernel would have
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(parent, &st); err != nil {

@@ -41,6 +41,9 @@ func newDaemonCommand(g *globals) *cobra.Command {
 			} else if tlsCA != "" || tlsCert != "" || tlsKey != "" {
 				return fmt.Errorf("--tlscacert, --tlscert and --tlskey need --tlsverify: %w", errdefs.ErrInvalid)
 			}
+			if err := opts.Check(); err != nil {
+				return err
+			}
 			return runDaemon(cmd.Context(), g, opts)
 		},
 	}

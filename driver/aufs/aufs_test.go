@@ -126,3 +126,29 @@ func mountsAt(t *testing.T, p string) int {
 	}
 	return len(mounts)
 }
+
+// TestStatus shows the mount mode and, once a union was mounted, whether
+// it got passthrough.
+func TestStatus(t *testing.T) {
+	d := newDriverIn(t, t.TempDir())
+	t.Cleanup(func() { d.Cleanup() })
+	for _, id := range []string{"base", "child"} {
+		if err := d.Create(id, map[string]string{"child": "base"}[id], nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Get("child", ""); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Put("child")
+	status := map[string]string{}
+	for _, kv := range d.Status() {
+		status[kv[0]] = kv[1]
+	}
+	if !strings.HasPrefix(status["Mount Mode"], "fuse") || status["Dirs"] != "2" || !strings.HasPrefix(status["Max Branches"], "2") {
+		t.Errorf("status %q", status)
+	}
+	if p := status["FUSE Passthrough"]; !strings.HasPrefix(p, "on") && !strings.HasPrefix(p, "off") {
+		t.Errorf("FUSE Passthrough: %q, want what the mount got", p)
+	}
+}

@@ -60,8 +60,9 @@ func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 	return pr, nil
 }
 
-// DiffSize counts the bytes of regular files in diff/<id>, each inode
-// once, as ApplyDiff counted them.
+// DiffSize counts the lstat size of everything but directories in
+// diff/<id> (regular files and symlinks), each inode once, as ApplyDiff
+// counted them and as Docker counts a layer's size.
 func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	l, ok, err := d.native(id, parent)
 	if err != nil {
@@ -83,7 +84,7 @@ func (d *Driver) DiffSize(id, parent string) (int64, error) {
 			}
 			return nil
 		}
-		if !e.Type().IsRegular() {
+		if e.IsDir() {
 			return nil
 		}
 		fi, err := e.Info()

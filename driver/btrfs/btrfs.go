@@ -1,9 +1,10 @@
 // Package btrfs is the driver that lets the file system do the layering:
 // every layer is a btrfs subvolume, and a child is a snapshot of its
 // parent's, made in one ioctl whatever the size of the tree. Layers made by
-// Create are read-only (ApplyDiff lifts the flag while it writes); the
-// read-write layers of containers are writable snapshots, optionally capped
-// in size by a qgroup limit. Nothing is mounted: Get returns the
+// Create turn read-only once ApplyDiff has filled them (each change of the
+// flag costs a transaction commit, so it is set once, after the content);
+// the read-write layers of containers are writable snapshots, optionally
+// capped in size by a qgroup limit. Nothing is mounted: Get returns the
 // subvolume's directory. Diffs compare a snapshot with its parent, whose
 // unchanged files are the same inodes (driver.NaiveDiff).
 //
@@ -12,6 +13,8 @@
 //	subvolumes/<id>        the layer's subvolume
 //	meta/<id>/parent       the parent id (absent for a base layer)
 //	meta/<id>/children/<c> one empty marker per child layer
+//	meta/<id>/committed    present for layers made by Create: ApplyDiff
+//	                       makes them read-only
 //	meta/.tmp-<id>         staging name of meta/<id>; a crash leaves it, and
 //	                       New removes it when no other process uses the root
 //	.lock                  held shared by every process using the root (driver.RootLock)
@@ -157,8 +160,8 @@ func (d *Driver) removeLeftovers() error {
 
 func (d *Driver) String() string { return name }
 
-// Create makes a read-only layer: a snapshot of parent, or an empty
-// subvolume.
+// Create makes a layer that ApplyDiff fills and then makes read-only: a
+// snapshot of parent, or an empty subvolume.
 func (d *Driver) Create(id, parent string, opts *driver.CreateOpts) error {
 	return d.create(id, parent, opts, false)
 }
@@ -247,13 +250,18 @@ func (d *Driver) build(id, parent string, size uint64, writable bool) error {
 	if err := driver.WriteParent(tmpMeta, parent); err != nil {
 		return err
 	}
+	if !writable {
+		if err := os.WriteFile(filepath.Join(tmpMeta, committedMarker), nil, 0o600); err != nil {
+			return err
+		}
+	}
 	if err := os.Rename(tmpMeta, meta); err != nil {
 		return err
 	}
 
 	dir := d.dir(id)
 	if parent != "" {
-		if err := snapshotSubvolume(d.dir(parent), dir, !writable); err != nil {
+		if err := snapshotSubvolume(d.dir(parent), dir, false); err != nil {
 			return err
 		}
 	} else {
@@ -263,17 +271,15 @@ func (d *Driver) build(id, parent string, size uint64, writable bool) error {
 		if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
 			return err
 		}
-		if !writable {
-			if err := setReadOnly(dir, true); err != nil {
-				return err
-			}
-		}
 	}
 	if size > 0 {
 		return limitSubvolume(dir, size)
 	}
 	return nil
 }
+
+// committedMarker in meta/<id> marks a layer made by Create.
+const committedMarker = "committed"
 
 func (d *Driver) Remove(id string) error {
 	d.mu.Lock()

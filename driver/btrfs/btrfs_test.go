@@ -99,15 +99,33 @@ func TestCommittedLayersReadOnly(t *testing.T) {
 	}
 }
 
-// TestSizeLimit: a container limited to 50M writes 25M, and is stopped
-// cleanly (EDQUOT or ENOSPC, nothing worse) before it holds much more
-// than 50M; its size then comes from the qgroup numbers.
+// TestSizeLimit: a container limited to 50M, by its own storage option or
+// by the driver's, writes 25M, and is stopped cleanly (EDQUOT or ENOSPC,
+// nothing worse) before it holds much more than 50M; its size then comes
+// from the qgroup numbers.
 func TestSizeLimit(t *testing.T) {
-	d := open(t)
-	createLayer(t, d, "base", "", map[string]string{"a": "a"})
-	if err := d.CreateReadWrite("limited", "base", &driver.CreateOpts{StorageOpt: map[string]string{"size": "50M"}}); err != nil {
-		t.Fatal(err)
-	}
+	limit := map[string]string{"size": "50M"}
+	t.Run("StorageOpt", func(t *testing.T) {
+		d := open(t)
+		createLayer(t, d, "base", "", map[string]string{"a": "a"})
+		if err := d.CreateReadWrite("limited", "base", &driver.CreateOpts{StorageOpt: limit}); err != nil {
+			t.Fatal(err)
+		}
+		checkLimited(t, d)
+	})
+	t.Run("DriverOption", func(t *testing.T) {
+		d := newDriver(t, testfs.Btrfs(t), limit)
+		defer d.Cleanup()
+		createLayer(t, d, "base", "", map[string]string{"a": "a"})
+		if err := d.CreateReadWrite("limited", "base", nil); err != nil {
+			t.Fatal(err)
+		}
+		checkLimited(t, d)
+	})
+}
+
+// checkLimited checks that layer "limited" on "base" holds 50M at most.
+func checkLimited(t *testing.T, d driver.Driver) {
 	root, err := d.Get("limited", "")
 	if err != nil {
 		t.Fatal(err)

@@ -12,8 +12,9 @@ import (
 	"github.com/strata-storage/strata/errdefs"
 )
 
-// ApplyDiff writes the layer tar into id's subvolume, lifting the
-// read-only flag of a layer made by Create for the time it takes.
+// ApplyDiff writes the layer tar into id's subvolume. A layer made by
+// Create is read-only afterwards; applying to it again lifts the flag for
+// the time it takes.
 func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 	if !d.Exists(id) {
 		return 0, fmt.Errorf("apply to layer %s: %w", id, errdefs.ErrNotFound)
@@ -27,7 +28,7 @@ func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 		return 0, fmt.Errorf("apply to layer %s: %w", id, err)
 	}
 	n, err := d.Driver.ApplyDiff(id, parent, diff)
-	if ro {
+	if _, statErr := os.Stat(filepath.Join(d.metaDir(id), committedMarker)); statErr == nil || ro {
 		err = errors.Join(err, setReadOnly(dir, true))
 	}
 	return n, err

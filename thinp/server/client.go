@@ -70,6 +70,19 @@ func (c *Client) Delete(id uint32) error {
 	return err
 }
 
+// CreateSnapTx is CreateSnap and SetTransactionID(oldTx, newTx) in one
+// commit: the transaction id says whether the snapshot was made.
+func (c *Client) CreateSnapTx(id, origin uint32, oldTx, newTx uint64) error {
+	_, err := c.call(&request{Op: opSnap, ID: id, Origin: origin, OldTxID: oldTx, NewTxID: newTx})
+	return err
+}
+
+// DeleteTx is Delete and SetTransactionID(oldTx, newTx) in one commit.
+func (c *Client) DeleteTx(id uint32, oldTx, newTx uint64) error {
+	_, err := c.call(&request{Op: opDelete, ID: id, OldTxID: oldTx, NewTxID: newTx})
+	return err
+}
+
 // Activate makes device id a block device and returns its path
 // (/dev/loopN); the device stays active, and its server running, until
 // Deactivate.
@@ -122,17 +135,49 @@ func (c *Client) Check() (string, error) {
 	return string(out), nil
 }
 
-// Stop deactivates every device and ends the server; without a server (or
-// with one on its way out) it does nothing.
+// Hold keeps the server running, and the pool open, until the returned
+// Closer is closed (or this process exits), so that a user with many
+// requests does not start a server for each.
+func (c *Client) Hold() (io.Closer, error) {
+	conn, _, err := c.connect(&request{Op: opHold})
+	if err != nil {
+		return nil, err
+	}
+	return conn, nil
+}
+
+// Stop deactivates every device and ends the server, and returns once the
+// pool is closed; without a server it does nothing. It fails with ErrInUse,
+// leaving everything as it was, while a device is in use.
 func (c *Client) Stop() error {
 	conn, err := c.dial()
+	if err == nil {
+		_, err = exchange(conn, &request{Op: opStop})
+		conn.Close()
+		if !errors.Is(err, errNoReply) {
+			return err
+		}
+	}
+	// No server, or one on its way out: wait until it is gone.
+	lock, err := os.Open(filepath.Join(c.Dir, lockFile))
 	if err != nil {
-		return nil
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
 	}
-	if _, err = exchange(conn, &request{Op: opStop}); errors.Is(err, errNoReply) {
-		return nil
+	defer lock.Close()
+	return unix.Flock(int(lock.Fd()), unix.LOCK_SH)
+}
+
+// Running tells whether a server answers for the pool now.
+func (c *Client) Running() bool {
+	conn, err := c.dial()
+	if err != nil {
+		return false
 	}
-	return err
+	conn.Close()
+	return true
 }
 
 func (c *Client) dial() (*net.UnixConn, error) {
@@ -143,8 +188,8 @@ func (c *Client) dial() (*net.UnixConn, error) {
 // closing its socket, or died.
 var errNoReply = errors.New("thin server closed the connection")
 
+// exchange sends req and reads the reply; the connection stays open.
 func exchange(conn *net.UnixConn, req *request) (*reply, error) {
-	defer conn.Close()
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
 		return nil, errNoReply
 	}
@@ -155,16 +200,24 @@ func exchange(conn *net.UnixConn, req *request) (*reply, error) {
 	return &rep, rep.err()
 }
 
-// call sends req to the server, starting one if none answers. A server
-// answers one request at a time and exits after the last deactivation, so
-// a request can meet a server on its way out: it is sent again to a new
-// one.
 func (c *Client) call(req *request) (*reply, error) {
+	conn, rep, err := c.connect(req)
+	if conn != nil {
+		conn.Close()
+	}
+	return rep, err
+}
+
+// connect sends req to the server, starting one if none answers, and
+// returns the open connection with the reply. A server answers one request
+// at a time and exits after the last deactivation, so a request can meet a
+// server on its way out: it is sent again to a new one.
+func (c *Client) connect(req *request) (*net.UnixConn, *reply, error) {
 	if _, err := os.Stat(filepath.Join(c.Dir, MetadataFile)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("no thin pool in %s (strata thin pool create): %w", c.Dir, errdefs.ErrNotFound)
+			return nil, nil, fmt.Errorf("no thin pool in %s (strata thin pool create): %w", c.Dir, errdefs.ErrNotFound)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -172,14 +225,19 @@ func (c *Client) call(req *request) (*reply, error) {
 		if err == nil {
 			rep, err := exchange(conn, req)
 			if !errors.Is(err, errNoReply) {
-				return rep, err
+				if err != nil {
+					conn.Close()
+					return nil, rep, err
+				}
+				return conn, rep, nil
 			}
+			conn.Close()
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("thin pool %s: no server answers (see %s)", c.Dir, filepath.Join(c.Dir, logFile))
+			return nil, nil, fmt.Errorf("thin pool %s: no server answers (see %s)", c.Dir, filepath.Join(c.Dir, logFile))
 		}
 		if err := c.startServer(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 }

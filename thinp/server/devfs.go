@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"strconv"
 	"syscall"
@@ -62,7 +63,9 @@ func mountDevFS(dir string, s *server) (*devFS, error) {
 
 func (f *devFS) add(id uint32, file *devFile) {
 	ctx := context.Background()
-	child := f.root.NewPersistentInode(ctx, file, fs.StableAttr{Mode: fuse.S_IFREG, Ino: uint64(id) + 2})
+	// A fresh inode number each time: the kernel may still know the inode
+	// of an earlier activation, of a device since deleted and made again.
+	child := f.root.NewPersistentInode(ctx, file, fs.StableAttr{Mode: fuse.S_IFREG})
 	f.root.AddChild(strconv.FormatUint(uint64(id), 10), child, true)
 }
 
@@ -135,7 +138,7 @@ func (f *devFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off i
 		dest = dest[:rest]
 	}
 	n, err := f.pool.ReadAt(f.id, dest, off)
-	if err != nil {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, errno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0

@@ -32,7 +32,7 @@ func (s *server) activate(id uint32) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	s.fs.add(id, &devFile{pool: s.pool, s: s, id: id, size: size, blockSize: s.pool.Status().BlockSize})
+	s.fs.add(id, &devFile{pool: s.pool, s: s, id: id, size: size, blockSize: s.blockSize})
 	d, err := attachLoop(s.fs.path(id))
 	if err != nil {
 		s.fs.remove(id)
@@ -131,23 +131,32 @@ func freeze(dev string) (thaw func(), err error) {
 	if err := unix.Stat(dev, &st); err != nil {
 		return nil, err
 	}
-	major, minor := int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return m.Major != major || m.Minor != minor, false
+		return uint64(unix.Mkdev(uint32(m.Major), uint32(m.Minor))) != st.Rdev, false
 	})
-	if err != nil || len(mounts) == 0 {
-		return func() {}, err
-	}
-	dir, err := os.Open(mounts[0].Mountpoint)
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.IoctlSetInt(int(dir.Fd()), fiFreeze, 0); err != nil {
-		dir.Close()
-		return nil, fmt.Errorf("freeze %s: %w", mounts[0].Mountpoint, err)
+	for _, m := range mounts {
+		dir, err := os.Open(m.Mountpoint)
+		if err != nil {
+			continue
+		}
+		// The mount may have gone since mountinfo was read: never freeze
+		// the file system underneath.
+		var dst unix.Stat_t
+		if unix.Fstat(int(dir.Fd()), &dst) != nil || dst.Dev != st.Rdev {
+			dir.Close()
+			continue
+		}
+		if err := unix.IoctlSetInt(int(dir.Fd()), fiFreeze, 0); err != nil {
+			dir.Close()
+			return nil, fmt.Errorf("freeze %s: %w", m.Mountpoint, err)
+		}
+		return func() {
+			unix.IoctlSetInt(int(dir.Fd()), fiThaw, 0)
+			dir.Close()
+		}, nil
 	}
-	return func() {
-		unix.IoctlSetInt(int(dir.Fd()), fiThaw, 0)
-		dir.Close()
-	}, nil
+	return func() {}, nil
 }

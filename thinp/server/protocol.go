@@ -18,6 +18,9 @@ const (
 	opGrow       = "grow"
 	opCheckCopy  = "check-copy"
 	opStop       = "stop"
+	// opHold keeps the server running for as long as its connection stays
+	// open, active devices or not.
+	opHold = "hold"
 )
 
 type request struct {
@@ -27,6 +30,10 @@ type request struct {
 	Size         int64  `json:"size,omitempty"`
 	DataSize     int64  `json:"dataSize,omitempty"`
 	MetadataSize int64  `json:"metadataSize,omitempty"`
+	// OldTxID and NewTxID, when NewTxID is set, make a snap or delete
+	// set the transaction id in its commit (set_transaction_id).
+	OldTxID uint64 `json:"oldTransactionID,omitempty"`
+	NewTxID uint64 `json:"newTransactionID,omitempty"`
 }
 
 type reply struct {

@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -64,16 +65,22 @@ type server struct {
 	dir  string
 	lock *os.File
 	pool *thinp.Pool
-	fs   *devFS
-	ln   *net.UnixListener
+	// blockSize is the pool's data block size (Status walks every tree).
+	blockSize int64
+	fs        *devFS
+	ln        *net.UnixListener
 
 	// commits is held shared by every commit the kernel asks for (FSYNC)
 	// and exclusively while the metadata is copied for a check, so that the
 	// copy is one committed transaction.
 	commits sync.RWMutex
 
-	active map[uint32]*device // only the control loop touches it
-	stop   bool
+	// Only the control loop touches these.
+	active   map[uint32]*device
+	holds    int
+	released chan struct{} // a hold's connection closed
+	stop     bool
+	closed   bool
 }
 
 // serverMain is the server process: its argument is the pool directory; it
@@ -108,7 +115,10 @@ var errBusy = errors.New("another server holds the pool")
 // start takes the pool's lock, opens the pool, mounts the device file
 // system and listens on the control socket.
 func start(dir string) (s *server, err error) {
-	if err := os.Chdir("/"); err != nil {
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, err
+	}
+	if err := os.Chdir("/"); err != nil { // pin no directory
 		return nil, err
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
@@ -122,7 +132,7 @@ func start(dir string) (s *server, err error) {
 		}
 		return nil, err
 	}
-	s = &server{dir: dir, lock: lock, active: map[uint32]*device{}}
+	s = &server{dir: dir, lock: lock, active: map[uint32]*device{}, released: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -131,6 +141,7 @@ func start(dir string) (s *server, err error) {
 	if s.pool, err = thinp.Open(filepath.Join(dir, MetadataFile), filepath.Join(dir, DataFile)); err != nil {
 		return nil, err
 	}
+	s.blockSize = s.pool.Status().BlockSize
 	if s.fs, err = mountDevFS(filepath.Join(dir, devDir), s); err != nil {
 		return nil, err
 	}
@@ -143,35 +154,73 @@ func start(dir string) (s *server, err error) {
 	return s, nil
 }
 
-// serve answers requests one at a time until no device is active.
+// serve answers requests one at a time until no device is active and no
+// client holds the server, or until a stop request.
 func (s *server) serve() error {
-	for {
-		conn, err := s.ln.AcceptUnix()
-		if err != nil {
-			return errors.Join(err, s.close())
+	conns := make(chan *net.UnixConn)
+	go func() {
+		defer close(conns)
+		for {
+			conn, err := s.ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			conns <- conn
 		}
-		s.answer(conn)
-		if s.stop || len(s.active) == 0 {
+	}()
+	for {
+		select {
+		case conn, ok := <-conns:
+			if !ok {
+				return s.close()
+			}
+			s.answer(conn)
+		case <-s.released:
+			s.holds--
+		}
+		if s.stop || (len(s.active) == 0 && s.holds == 0) {
 			return s.close()
 		}
 	}
 }
 
 func (s *server) answer(conn *net.UnixConn) {
-	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(time.Minute))
 	var req request
 	if err := json.NewDecoder(conn).Decode(&req); err != nil {
+		conn.Close()
 		return
 	}
 	// The work is done even if the client is gone: it could not be undone.
 	conn.SetDeadline(time.Time{})
-	json.NewEncoder(conn).Encode(s.handle(&req))
+	rep := s.handle(&req)
+	if req.Op == opStop && rep.Error == "" {
+		// The reply tells that the pool is closed and its devices gone.
+		rep = &reply{}
+		if err := s.close(); err != nil {
+			rep.Error = err.Error()
+		}
+	}
+	err := json.NewEncoder(conn).Encode(rep)
+	if req.Op != opHold || err != nil {
+		conn.Close()
+		return
+	}
+	s.holds++
+	go func() {
+		io.Copy(io.Discard, conn) // until the client closes it, or dies
+		conn.Close()
+		s.released <- struct{}{}
+	}()
 }
 
 // close gives everything back: devices (when stopping), the socket, the
 // FUSE mount, the pool (which commits) and the lock.
 func (s *server) close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
 	var errs []error
 	if s.ln != nil {
 		errs = append(errs, s.ln.Close())
@@ -196,9 +245,9 @@ func (s *server) handle(req *request) *reply {
 	case opCreate:
 		err = s.commitAfter(s.pool.CreateThin(req.ID, req.Size))
 	case opSnap:
-		err = s.snapshot(req.ID, req.Origin)
+		err = s.snapshot(req.ID, req.Origin, req.NewTxID != 0, req.OldTxID, req.NewTxID)
 	case opDelete:
-		err = s.delete(req.ID)
+		err = s.delete(req.ID, req.NewTxID != 0, req.OldTxID, req.NewTxID)
 	case opActivate:
 		rep.Path, err = s.activate(req.ID)
 	case opDeactivate:
@@ -212,6 +261,7 @@ func (s *server) handle(req *request) *reply {
 		rep.Path, err = s.checkCopy()
 	case opStop:
 		err = s.stopAll()
+	case opHold:
 	default:
 		err = fmt.Errorf("%w: unknown request %q", errdefs.ErrInvalid, req.Op)
 	}
@@ -234,9 +284,10 @@ func (s *server) commit() error {
 	return s.pool.Commit()
 }
 
-// snapshot makes id a snapshot of origin. An active origin's file system is
-// frozen around it, so that the snapshot holds what it has written.
-func (s *server) snapshot(id, origin uint32) error {
+// snapshot makes id a snapshot of origin, and sets the transaction id in
+// the same commit when setTx is. An active origin's file system is frozen
+// around it, so that the snapshot holds what it has written.
+func (s *server) snapshot(id, origin uint32, setTx bool, oldTx, newTx uint64) error {
 	if d := s.active[origin]; d != nil {
 		thaw, err := freeze(d.loopPath)
 		if err != nil {
@@ -244,14 +295,30 @@ func (s *server) snapshot(id, origin uint32) error {
 		}
 		defer thaw()
 	}
-	return s.commitAfter(s.pool.CreateSnap(id, origin))
+	if err := s.pool.CreateSnap(id, origin); err != nil {
+		return err
+	}
+	return s.setTxAndCommit(setTx, oldTx, newTx)
 }
 
-func (s *server) delete(id uint32) error {
+func (s *server) delete(id uint32, setTx bool, oldTx, newTx uint64) error {
 	if d := s.active[id]; d != nil {
 		return fmt.Errorf("device %d is active on %s: %w", id, d.loopPath, errdefs.ErrInUse)
 	}
-	return s.commitAfter(s.pool.Delete(id))
+	if err := s.pool.Delete(id); err != nil {
+		return err
+	}
+	return s.setTxAndCommit(setTx, oldTx, newTx)
+}
+
+// setTxAndCommit commits what the request changed, with the new
+// transaction id when it sets one; a wrong old id still commits the change.
+func (s *server) setTxAndCommit(setTx bool, oldTx, newTx uint64) error {
+	var err error
+	if setTx {
+		err = s.pool.SetTransactionID(oldTx, newTx)
+	}
+	return errors.Join(err, s.commit())
 }
 
 func (s *server) status() (thinp.Status, map[uint32]string) {

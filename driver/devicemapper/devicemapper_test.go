@@ -1,0 +1,246 @@
+package devicemapper
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-storage/strata/driver"
+	"github.com/strata-storage/strata/driver/drivertest"
+	"github.com/strata-storage/strata/thinp"
+	"github.com/strata-storage/strata/thinp/server"
+)
+
+// testOptions make a small pool and base device: the cases need little
+// space, and a smaller base formats faster.
+var testOptions = map[string]string{"dm.loopdatasize": "8G", "dm.basesize": "1G"}
+
+func TestConformance(t *testing.T) {
+	drivertest.Run(t, func(t *testing.T, root string) driver.Driver {
+		d, err := driver.New(root, name, testOptions)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	})
+}
+
+func open(t *testing.T, root string) *Driver {
+	t.Helper()
+	d, err := driver.New(root, name, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Cleanup() })
+	return d.(*Driver)
+}
+
+func poolStatus(t *testing.T, d *Driver) server.Status {
+	t.Helper()
+	st, err := d.pool.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestSpaceComesBack writes in many containers' layers and removes them:
+// the pool's used data blocks come back to where they were (moby #3182),
+// and thin_check passes.
+func TestSpaceComesBack(t *testing.T) {
+	d := open(t, t.TempDir())
+	if err := d.Create("image", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := d.Get("image", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "f"), bytes.Repeat([]byte("image"), 200000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Put("image"); err != nil {
+		t.Fatal(err)
+	}
+	before := poolStatus(t, d).UsedData
+
+	const n = 20
+	for i := range n {
+		id := fmt.Sprint("c", i)
+		if err := d.CreateReadWrite(id, "image", nil); err != nil {
+			t.Fatal(err)
+		}
+		dir, err := d.Get(id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "g"), bytes.Repeat([]byte{byte(i)}, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || len(got) != 1000000 {
+			t.Fatalf("container %d reads the image's file: %d bytes, %v", i, len(got), err)
+		}
+		if err := d.Put(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if during := poolStatus(t, d).UsedData; during < before+n*(1<<20)/uint64(thinp.DefaultBlockSize) {
+		t.Fatalf("used data blocks: %d before the containers, %d with them", before, during)
+	}
+	for i := range n {
+		if err := d.Remove(fmt.Sprint("c", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := poolStatus(t, d).UsedData; after != before {
+		t.Fatalf("used data blocks: %d before the containers, %d after removing them", before, after)
+	}
+	if out, err := d.pool.Check(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// TestOpenTransactionRolledBack leaves a device made by a create that
+// crashed before recording its layer: the next start deletes it.
+func TestOpenTransactionRolledBack(t *testing.T) {
+	root := t.TempDir()
+	d := open(t, root)
+	if err := d.Create("a", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	a, err := d.load("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := d.loadDeviceSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := set.NextDeviceID
+	if err := writeJSON(d.transactionPath(), transaction{Op: "create", ID: "b", DeviceID: orphan}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.pool.CreateSnap(orphan, a.DeviceID); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+
+	d = open(t, root)
+	for _, dev := range poolStatus(t, d).Devices {
+		if dev.ID == orphan {
+			t.Fatalf("device %d of the crashed create is still in the pool", orphan)
+		}
+	}
+	if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("transaction record after recovery: %v", err)
+	}
+	if d.Exists("b") || !d.Exists("a") {
+		t.Fatal("layers after recovery: want a, not b")
+	}
+	if err := d.Create("b", "a", nil); err != nil {
+		t.Fatalf("create after recovery: %v", err)
+	}
+}
+
+// TestMinFreeSpace refuses a new device once the pool is fuller than
+// dm.min_free_space allows.
+func TestMinFreeSpace(t *testing.T) {
+	d, err := driver.New(t.TempDir(), name, map[string]string{
+		"dm.loopdatasize": "256M", "dm.basesize": "1G", "dm.min_free_space": "50%"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Cleanup() })
+	if err := d.Create("a", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := d.Get("a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past half of the pool (the base file system already uses some).
+	if err := os.WriteFile(filepath.Join(dir, "big"), bytes.Repeat([]byte{1}, 128<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Put("a"); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Create("b", "a", nil)
+	if err == nil || !strings.Contains(err.Error(), "dm.min_free_space") {
+		t.Fatalf("create in a pool past dm.min_free_space: %v", err)
+	}
+}
+
+// BenchmarkCreateReadWrite is a container's layer: a snapshot of its
+// image's device, recorded under a transaction.
+func BenchmarkCreateReadWrite(b *testing.B) {
+	d, err := driver.New(b.TempDir(), name, testOptions)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Cleanup()
+	if err := d.Create("image", "", nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if err := d.CreateReadWrite(fmt.Sprint("c", i), "image", nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestGrowWhileMounted fills a small pool under a mounted layer, grows it
+// (what strata thin pool grow does) and writes again, nothing remounted:
+// the weakness the seed names.
+func TestGrowWhileMounted(t *testing.T) {
+	dd, err := driver.New(t.TempDir(), name, map[string]string{
+		"dm.loopdatasize": "160M", "dm.basesize": "1G", "dm.min_free_space": "0%"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dd.Cleanup() })
+	d := dd.(*Driver)
+	if err := d.Create("a", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := d.Get("a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Put("a")
+	write := func(name string) error {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_WRONLY|unix.O_DIRECT, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		buf := make([]byte, 1<<20) // page-aligned: a large allocation
+		for range 200 {
+			if _, err := f.Write(buf); err != nil {
+				return err
+			}
+		}
+		return f.Sync()
+	}
+	if err := write("fill"); err == nil {
+		t.Fatal("200 MiB fit in a 160 MiB pool")
+	}
+	if !poolStatus(t, d).OutOfData {
+		t.Fatal("pool status does not say it ran out of data space")
+	}
+	if err := d.pool.Grow(1<<30, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := write("after-grow"); err != nil {
+		t.Fatalf("write after growing the pool: %v", err)
+	}
+}
