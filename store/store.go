@@ -27,8 +27,12 @@ import (
 
 	"github.com/strata-storage/strata/container"
 	"github.com/strata-storage/strata/driver"
-	_ "github.com/strata-storage/strata/driver/overlay" // registers "overlay"
-	_ "github.com/strata-storage/strata/driver/vfs"     // registers "vfs"
+	// The drivers register themselves by name.
+	_ "github.com/strata-storage/strata/driver/aufs"
+	_ "github.com/strata-storage/strata/driver/btrfs"
+	_ "github.com/strata-storage/strata/driver/devicemapper"
+	_ "github.com/strata-storage/strata/driver/overlay"
+	_ "github.com/strata-storage/strata/driver/vfs"
 	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/image"
 	"github.com/strata-storage/strata/layer"

@@ -13,10 +13,7 @@ import (
 
 	"github.com/strata-storage/strata/driver"
 	"github.com/strata-storage/strata/errdefs"
-	"github.com/strata-storage/strata/store"
-
-	_ "github.com/strata-storage/strata/driver/overlay"
-	_ "github.com/strata-storage/strata/driver/vfs"
+	"github.com/strata-storage/strata/store" // registers every driver
 )
 
 // globals are the flags every command shares.
