@@ -17,6 +17,8 @@
 //	                           the id of the init layer it makes, if it makes one
 //	containers/init/<chain ID hex>.tar
 //	                           the init layer tar of an image top layer (see initLayer)
+//	containers/init/<parent>.lock
+//	                           the lock of the init layer on driver layer <parent> (see inits.go)
 //
 // and in the graph driver: layer <id> for each container, on an init layer
 // <parent>-init-<random> that all the containers of one image share.
@@ -30,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -38,6 +41,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-storage/strata/driver"
 	"github.com/strata-storage/strata/errdefs"
@@ -111,22 +115,13 @@ func (s *Store) Create(c Container, opts CreateOptions) (Container, error) {
 			return Container{}, err
 		}
 	}
+	c.ID = newID()
 	c.Name = name
 	c.Created = time.Now().UTC()
-	// Containers of one image created at once may each make an init layer;
-	// the first to record its container wins and the others start again
-	// on the winner's.
-	for try := 1; ; try++ {
-		c.ID = newID()
-		created, err := s.create(c)
-		if errors.Is(err, errInitChanged) && try < 3 {
-			continue
-		}
-		if err != nil {
-			return Container{}, fmt.Errorf("create container: %w", err)
-		}
-		return created, nil
+	if c, err = s.create(c); err != nil {
+		return Container{}, fmt.Errorf("create container: %w", err)
 	}
+	return c, nil
 }
 
 func (s *Store) create(c Container) (Container, error) {
@@ -134,8 +129,27 @@ func (s *Store) create(c Container) (Container, error) {
 	if err != nil {
 		return Container{}, err
 	}
+	// The image's init layer stays while this create holds its lock, and
+	// is made by one create at a time (see lockInit).
+	var lock *os.File
+	defer func() {
+		if lock != nil {
+			lock.Close()
+		}
+	}()
+	lock, err = s.lockInit(c.TopCache, unix.LOCK_SH)
+	if err == nil {
+		c.Init, err = s.currentInit(c.TopCache)
+	}
+	if err == nil && c.Init == "" {
+		// The shared lock is given up for the exclusive one, so another
+		// create may have made the init layer meanwhile.
+		lock.Close()
+		if lock, err = s.lockInit(c.TopCache, unix.LOCK_EX); err == nil {
+			c.Init, err = s.currentInit(c.TopCache)
+		}
+	}
 	fresh := false
-	c.Init, err = s.currentInit(c.TopCache)
 	if err == nil && c.Init == "" {
 		fresh = true
 		c.Init = newInitID(c.TopCache)
@@ -352,11 +366,12 @@ func (s *Store) Unmount(c Container) error {
 	return nil
 }
 
-// Remove deletes the container and its layers; ErrInUse while mounted
-// unless force, which releases its pins first. The record goes first, in
-// one transaction that also queues the two driver layers in the trash, so
-// that a crash before they are removed leaves them to the next Recover.
-// The layers are removed after that transaction, and none follows.
+// Remove deletes the container and its layer, and the image's init layer
+// with its last container; ErrInUse while mounted unless force, which
+// releases its pins first. The record goes first, in one transaction that
+// also queues the driver layers in the trash, so that a crash before they
+// are removed leaves them to the next Recover. The layers are removed after
+// that transaction, and none follows.
 func (s *Store) Remove(c Container, force bool) error {
 	n, err := s.driver.Mounted(c.ID)
 	if err != nil {
@@ -377,6 +392,11 @@ func (s *Store) Remove(c Container, force bool) error {
 			return cmp.Or(err, fmt.Errorf("container %s is in use by another process: %w", c.ID[:12], errdefs.ErrInUse))
 		}
 	}
+	lock, err := s.lockInit(c.TopCache, unix.LOCK_EX)
+	if err != nil {
+		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
+	}
+	defer lock.Close()
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		containers := tx.Bucket(bucketContainers)
 		if containers == nil || containers.Get([]byte(c.ID)) == nil {

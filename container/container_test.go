@@ -431,3 +431,36 @@ func initLayersOnDisk(t *testing.T, s *store.Store) []string {
 	slices.Sort(found)
 	return found
 }
+
+// TestInitLayerChurn: creates and removals of the only containers of an
+// image, at once, keep dropping and making its init layer; none may fail
+// (a create once lost races against them) and nothing may be left.
+func TestInitLayerChurn(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, s *store.Store) {
+		smallImage(t, s)
+		errs := make(chan error, 4)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for range 10 {
+					c, err := s.CreateContainer("app:1", container.CreateOptions{})
+					if err == nil {
+						err = s.RemoveContainer(c, false)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if got := initLayersOnDisk(t, s); len(got) != 0 {
+			t.Errorf("init layers %v left after the image's last container", got)
+		}
+	})
+}

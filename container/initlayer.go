@@ -235,7 +235,7 @@ const tmpPrefix = ".tmp-"
 // pruneInitCache removes the cached init tars of layers that are no longer
 // recorded, and temporary files that a crash left; one that a concurrent
 // Create is still writing is lost to it, which only costs its next Create
-// a mount.
+// a mount. It also removes the init locks of driver layers that are gone.
 func (s *Store) pruneInitCache() error {
 	entries, err := os.ReadDir(s.initCache)
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
@@ -247,6 +247,12 @@ func (s *Store) pruneInitCache() error {
 	var stale []string
 	err = s.db.View(func(tx *bolt.Tx) error {
 		for _, e := range entries {
+			if parent, ok := strings.CutSuffix(e.Name(), lockSuffix); ok {
+				if parent != string(initKey("")) && !s.driver.Exists(parent) {
+					s.removeInitLock(parent)
+				}
+				continue
+			}
 			hex, ok := strings.CutSuffix(e.Name(), ".tar")
 			if !ok || strings.HasPrefix(e.Name(), tmpPrefix) {
 				stale = append(stale, e.Name())

@@ -3,8 +3,12 @@ package container
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // The init layer holds what Docker writes into every container before it
@@ -17,12 +21,62 @@ import (
 // and how many recorded containers use it, changed in the transactions that
 // record and remove containers. An init layer that a Create made but never
 // recorded is named only in its creating/ file, and goes with it.
+//
+// init/<parent>.lock orders the users of one init layer across processes:
+// a Create holds it shared from reading the record to writing its own, so
+// the layer cannot go under it; making the layer (the image's first
+// container) and removing a container (maybe its last) hold it exclusively.
 
 var bucketInits = []byte("container-inits")
 
-// errInitChanged reports that the init layer a Create built on was replaced
-// or removed before the container was recorded: the Create starts again.
-var errInitChanged = errors.New("the image's init layer changed meanwhile")
+// errInitChanged reports a record that the init lock should have kept from
+// changing: a bug, or a store changed by hand.
+var errInitChanged = errors.New("the image's init layer changed under its lock")
+
+// lockInit takes the flock of the init layer on parent, how being
+// unix.LOCK_SH or LOCK_EX. Recover removes the files of removed layers
+// under the lock, so after locking, the file must still be the one at the
+// path.
+func (s *Store) lockInit(parent string, how int) (*os.File, error) {
+	if err := os.MkdirAll(s.initCache, 0o700); err != nil {
+		return nil, fmt.Errorf("init layer lock: %w", err)
+	}
+	p := s.initLockPath(parent)
+	for {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("init layer lock: %w", err)
+		}
+		if err := unix.Flock(int(f.Fd()), how); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("init layer lock %s: %w", p, err)
+		}
+		var held, named unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(p, &named) == nil && held.Ino == named.Ino {
+			return f, nil
+		}
+		f.Close()
+	}
+}
+
+// removeInitLock removes the lock of an init layer on a removed driver
+// layer, unless someone holds it.
+func (s *Store) removeInitLock(parent string) {
+	f, err := os.Open(s.initLockPath(parent))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+		os.Remove(f.Name())
+	}
+}
+
+func (s *Store) initLockPath(parent string) string {
+	return filepath.Join(s.initCache, string(initKey(parent))+lockSuffix)
+}
+
+const lockSuffix = ".lock"
 
 // initKey is the key of the init layer on driver layer parent ("" for an
 // image without layers).
