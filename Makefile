@@ -19,9 +19,9 @@ demo: build
 # to drive the daemon), debootstrap, skopeo and libcap2-bin (to build the
 # realistic test images), python3, time and bc (bench), fuse3 (aufs),
 # thin-provisioning-tools, e2fsprogs and xfsprogs (the thin pool and
-# devicemapper), btrfs-progs (btrfs).
+# devicemapper), btrfs-progs (btrfs), fuse-overlayfs (bench/aufs.sh compares).
 DEPS := docker.io debootstrap skopeo libcap2-bin python3 time bc fuse3 \
-	thin-provisioning-tools e2fsprogs xfsprogs btrfs-progs
+	thin-provisioning-tools e2fsprogs xfsprogs btrfs-progs fuse-overlayfs
 test-deps:
 	@need=""; for p in $(DEPS); do \
 	  dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \

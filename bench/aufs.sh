@@ -67,18 +67,17 @@ done
 
 # mountpoint KIND IMAGE: a fresh container of IMAGE mounted by KIND
 # (overlay, aufs or fuse-overlayfs on the overlay store's layers).
-n=0
 mountpoint() {
-  local kind=$1 c lower
-  n=$((n + 1))
+  local kind=$1 c lower fo
   if [ "$kind" != fuse-overlayfs ]; then
     c=$(S "$kind" create "$2"); S "$kind" mount "$c"; return
   fi
   c=$(S overlay create "$2")
   lower=$(S overlay container inspect "$c" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["GraphDriver"]["Data"]["LowerDir"])')
-  mkdir -p "$work/fo$n/upper" "$work/fo$n/work" "$work/fo$n/mnt"
-  fuse-overlayfs -o "lowerdir=$lower,upperdir=$work/fo$n/upper,workdir=$work/fo$n/work" "$work/fo$n/mnt"
-  echo "$work/fo$n/mnt"
+  fo=$(mktemp -d "$work/fo.XXXXXX")
+  mkdir "$fo/upper" "$fo/work" "$fo/mnt"
+  fuse-overlayfs -o "lowerdir=$lower,upperdir=$fo/upper,workdir=$fo/work" "$fo/mnt" 2>/dev/null
+  echo "$fo/mnt"
 }
 
 KINDS=(overlay aufs fuse-overlayfs)

@@ -254,7 +254,9 @@ func TestDiffTar(t *testing.T) {
 			"bin/", "bin/sh", "bin/tool", "data/", "data/.wh.old", "data/.wh.sub", "data/renamed",
 			"etc/", "etc/.wh.keep", "etc/new", "etc/passwd", "var/", "var/hard",
 		}
-		overlay := s.Driver().String() == "overlay"
+		// overlay's and aufs's tars are the layer's own directory: the
+		// copied-up target of the link is in it.
+		overlay := s.Driver().String() == "overlay" || s.Driver().String() == "aufs"
 		if overlay {
 			want = append(want, "var/linked")
 		}

@@ -134,8 +134,8 @@ func copyData(src, dst string, data, sync bool) error {
 			return err
 		}
 	}
-	if sync {
-		if err := out.Sync(); err != nil {
+	if sync { // as kernel overlayfs syncs its copy-ups
+		if err := unix.Fdatasync(int(out.Fd())); err != nil {
 			out.Close()
 			return err
 		}

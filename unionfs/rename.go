@@ -9,12 +9,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var _ fs.NodeRenamer = (*node)(nil)
-
 // Rename moves name to newName in newParent. A directory that lower
 // branches have part of is copied whole into the writable branch under its
-// new name (opaque if lower branches have that name too) (kernel overlayfs without
-// redirect_dir answers EXDEV instead); whiteouts hide the old name.
+// new name, opaque if lower branches have that name too (kernel overlayfs
+// without redirect_dir answers EXDEV instead); a whiteout hides the old
+// name.
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np := newParent.(*node)
 	if IsWhiteout(newName) {

@@ -2,7 +2,6 @@ package unionfs
 
 import (
 	"errors"
-	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -158,7 +157,6 @@ func (s *Stack) Names(rel string) ([]string, error) {
 type listed struct {
 	name   string
 	branch int
-	typ    uint32 // S_IFMT bits, 0 when the branch did not say
 }
 
 // list merges the directory rel of the branches dirs: a name shows from
@@ -188,7 +186,7 @@ func (s *Stack) list(dirs []int, rel string) ([]listed, error) {
 				continue
 			}
 			seen[name] = true
-			out = append(out, listed{name: name, branch: b, typ: modeType(de.Type())})
+			out = append(out, listed{name: name, branch: b})
 		}
 		for _, h := range hidden {
 			seen[h] = true
@@ -196,25 +194,6 @@ func (s *Stack) list(dirs []int, rel string) ([]listed, error) {
 	}
 	slices.SortFunc(out, func(a, b listed) int { return strings.Compare(a.name, b.name) })
 	return out, nil
-}
-
-// modeType turns the type bits of a fs.FileMode into S_IFMT bits.
-func modeType(m fs.FileMode) uint32 {
-	switch m.Type() {
-	case fs.ModeDir:
-		return unix.S_IFDIR
-	case fs.ModeSymlink:
-		return unix.S_IFLNK
-	case fs.ModeNamedPipe:
-		return unix.S_IFIFO
-	case fs.ModeSocket:
-		return unix.S_IFSOCK
-	case fs.ModeDevice:
-		return unix.S_IFBLK
-	case fs.ModeDevice | fs.ModeCharDevice:
-		return unix.S_IFCHR
-	}
-	return unix.S_IFREG
 }
 
 func exists(p string) bool {

@@ -49,7 +49,8 @@ type Options struct {
 	// files directly (FUSE passthrough), where it allows it.
 	Passthrough bool
 	// Name is the source shown in /proc/mounts.
-	Name  string
+	Name string
+	// Debug logs every FUSE request to stderr.
 	Debug bool
 }
 
@@ -58,7 +59,6 @@ type Union struct {
 	stack       Stack
 	writable    bool
 	passthrough bool
-	root        *node
 	server      *fuse.Server
 	asRoot      bool // the server is the host's root: it sets owners, allows others in
 
@@ -107,7 +107,7 @@ func Mount(mountpoint string, opts Options) (*Union, error) {
 	if err != nil {
 		return nil, err
 	}
-	u.root = &node{u: u, e: rootEntry}
+	root := &node{u: u, e: rootEntry}
 	u.ids[idKey{dev: rootEntry.st.Dev, ino: rootEntry.st.Ino}] = 1
 
 	timeout := cacheTimeout
@@ -129,7 +129,7 @@ func Mount(mountpoint string, opts Options) (*Union, error) {
 	if !opts.Passthrough {
 		mo.DisabledCapabilities |= fuse.CAP_PASSTHROUGH
 	}
-	server, err := fs.Mount(mountpoint, u.root, &fs.Options{
+	server, err := fs.Mount(mountpoint, root, &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -168,8 +168,8 @@ func (u *Union) resetWorkDir() error {
 
 func (u *Union) workDir() string { return u.stack.Branches[0] + "/" + workDir }
 
-// ino returns the inode number of the branch file of e found at rel,
-// allocating one the first time.
+// ino returns the inode number of the branch file st, found in branch at
+// rel, allocating one the first time.
 func (u *Union) ino(st *syscall.Stat_t, branch int, rel string) uint64 {
 	key := u.key(st, branch, rel)
 	u.idMu.Lock()
