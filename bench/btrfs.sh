@@ -30,7 +30,13 @@ cleanup() {
 }
 trap cleanup EXIT
 truncate -s 60G "$work/btrfs.img"
-mkfs.btrfs -q -f "$work/btrfs.img"
+# mkfs.btrfs (before btrfs-progs 6.9) gives up when it cannot stat the source
+# of some mount, as with a FUSE mount whose server died: it runs in a mount
+# namespace of its own, without the FUSE mounts.
+unshare --mount --propagation private sh -c '
+  awk "\$3 ~ /^fuse/ { print \$2 }" /proc/self/mounts |
+    while read -r m; do umount -l "$(printf %b "$m")"; done
+  exec mkfs.btrfs -q -f "$0"' "$work/btrfs.img" >"$work/mkfs.log" 2>&1 || { cat "$work/mkfs.log" >&2; exit 1; }
 mkdir "$fs"
 mount -o loop "$work/btrfs.img" "$fs" # util-linux sets autoclear: the loop device goes with the unmount
 

@@ -3,7 +3,9 @@
 # against a private dockerd (overlay2) on this machine, in one run, each on
 # its own temporary socket; DIR holds base.tar and app.tar (default
 # /var/tmp/strata-images):
-#   create   `docker create base:1`, N times each (default 20), alternating
+#   create   `docker create base:1`, N times each (default 20), alternating;
+#            `docker version` against strata too, the floor the CLI's own
+#            start sets
 #   load     `docker load -i app.tar`, RUNS times each (default 3), alternating,
 #            after an rmi of app:1, a sync and a dropped page cache; timed
 #            until the layers are on disk (a sync after it, for both)
@@ -62,6 +64,7 @@ median() { sort -g "$work/$1" | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] :
 for i in $(seq "$N"); do
   timed docker.create "${D[@]}" create base:1
   timed strata.create "${S[@]}" create base:1
+  timed strata.version "${S[@]}" version
 done
 
 # load: each run starts without app:1 and with a cold cache
@@ -80,5 +83,6 @@ printf 'docker CLI %s; %d creates of base:1, %d loads of app.tar (%d MB) each\n'
 printf '%-8s %12s %12s %10s   %s\n' op dockerd strata ratio target
 d=$(median docker.create); s=$(median strata.create); r=$(echo "$d / $s" | bc -l)
 printf '%-8s %9.1f ms %9.1f ms %9.1fx   faster, target >= 5x %s\n' create "$d" "$s" "$r" "$( (($(echo "$r >= 5" | bc))) && echo ok || echo MISSED)"
+printf '(the CLI alone: `docker version` against strata, a ping and a GET, takes %.1f ms)\n' "$(median strata.version)"
 d=$(median docker.load); s=$(median strata.load); r=$(echo "$s / $d" | bc -l)
 printf '%-8s %9.1f ms %9.1f ms %9.2fx   of dockerd, target <= 0.4x %s\n' load "$d" "$s" "$r" "$( (($(echo "$r <= 0.4" | bc))) && echo ok || echo MISSED)"

@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"path"
+	"strings"
 
 	"github.com/strata-storage/strata/container"
 	"github.com/strata-storage/strata/errdefs"
@@ -60,7 +62,7 @@ func (d *Daemon) copyFrom(w http.ResponseWriter, r *http.Request, vars map[strin
 	if err != nil {
 		return err
 	}
-	rc, st, err := d.store.Containers().CopyFrom(c, p)
+	rc, st, err := d.tarOf(c, p)
 	if err != nil {
 		return err
 	}
@@ -77,16 +79,46 @@ func (d *Daemon) copyFrom(w http.ResponseWriter, r *http.Request, vars map[strin
 	return bw.Flush()
 }
 
+// tarOf returns the tar of path p of c as Docker writes it. For a
+// directory's content (".../."), that is "./" then "./name" entries: the
+// "./" entry brings the directory's mode and owner to the destination.
+func (d *Daemon) tarOf(c container.Container, p string) (io.ReadCloser, container.PathStat, error) {
+	dir, contents := strings.CutSuffix(p, "/.")
+	if !contents || path.Clean("/"+dir) == "/" {
+		return d.store.Containers().CopyFrom(c, p)
+	}
+	rc, st, err := d.store.Containers().CopyFrom(c, dir)
+	if err != nil || !st.Mode.IsDir() { // a symlink: "/." follows it
+		if rc != nil {
+			rc.Close()
+		}
+		return d.store.Containers().CopyFrom(c, p)
+	}
+	top := st.Name
+	st.Name = "."
+	return &rebased{ReadCloser: container.Rebase(rc, top, "."), src: rc}, st, nil
+}
+
+// rebased is a rebased tar whose source is closed with it.
+type rebased struct {
+	io.ReadCloser
+	src io.Closer
+}
+
+func (r *rebased) Close() error { return errors.Join(r.ReadCloser.Close(), r.src.Close()) }
+
 // copyTo extracts the request's tar into the directory path. The CLI sends
 // it as text/plain: the type is not checked. noOverwriteDirNonDir is what
-// the container store always does (docker cp always asks for it).
+// the container store always does (docker cp always asks for it). The
+// tar's owners are kept, as dockerd keeps them; copyUIDGID, with which
+// dockerd gives everything to the container config's User when it names
+// one, is not supported: the owners stay the tar's.
 func (d *Daemon) copyTo(w http.ResponseWriter, r *http.Request, vars map[string]string) error {
 	c, p, err := d.archivePath(r, vars)
 	if err != nil {
 		return err
 	}
-	opts := container.CopyToOptions{CopyUIDGID: formBool(r.URL.Query().Get("copyUIDGID"))}
-	err = d.store.Containers().CopyTo(c, p, r.Body, opts)
+	err = d.store.Containers().CopyTo(c, p, r.Body, container.CopyToOptions{CopyUIDGID: true})
 	if errors.Is(err, errdefs.ErrInvalid) && !d.isDir(c, p) {
 		return badRequest("extraction point is not a directory") // Docker's words, which clients match
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"archive/tar"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -52,10 +53,30 @@ func TestArchive(t *testing.T) {
 	if got := tarNames(t, w.Body); !slices.Equal(got, []string{"d", "d/f"}) {
 		t.Fatalf("tar of /etc/d: %v", got)
 	}
+	// A directory's content comes as Docker sends it: "./" first.
 	w = d.do(t, "GET", "/containers/web/archive?path=/etc/.", nil)
 	want(t, w, http.StatusOK, nil)
+	if st := pathStat(t, w); st.Name != "." || !st.Mode.IsDir() {
+		t.Fatalf("stat of /etc/.: %+v", st)
+	}
+	hdr, err := tar.NewReader(bytes.NewReader(w.Body.Bytes())).Next()
+	if err != nil || hdr.Name != "./" || hdr.Mode&0o777 != 0o755 {
+		t.Fatalf("first entry of /etc/.: %+v, %v", hdr, err)
+	}
 	if got := tarNames(t, w.Body); !slices.Contains(got, "d/f") || !slices.Contains(got, "passwd") {
 		t.Fatalf("tar of /etc/.: %v", got)
+	}
+
+	// Owners are kept, with or without copyUIDGID, as dockerd keeps them.
+	var owned bytes.Buffer
+	tw := tar.NewWriter(&owned)
+	tw.WriteHeader(&tar.Header{Name: "owned", Mode: 0o600, Uid: 1234, Gid: 5678, Typeflag: tar.TypeReg})
+	tw.Close()
+	want(t, d.do(t, "PUT", "/containers/web/archive?path=/etc&noOverwriteDirNonDir=true", &owned), http.StatusOK, nil)
+	w = d.do(t, "GET", "/containers/web/archive?path=/etc/owned", nil)
+	want(t, w, http.StatusOK, nil)
+	if hdr, err := tar.NewReader(w.Body).Next(); err != nil || hdr.Uid != 1234 || hdr.Gid != 5678 {
+		t.Fatalf("copied file: %+v, %v", hdr, err)
 	}
 
 	wantError(t, d.do(t, "GET", "/containers/web/archive?path=/nosuch", nil), http.StatusNotFound,

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/distribution/reference"
 
@@ -38,7 +39,8 @@ func (d *Daemon) containerRoutes() []route {
 }
 
 // createRequest is the part of docker create's body strata uses: the image.
-// The rest (command, environment, host config) is a runtime's concern.
+// The rest (command, environment, labels, host config) is not kept: a
+// container's config is its image's, as with strata create.
 type createRequest struct {
 	Image string `json:"Image"`
 }
@@ -220,6 +222,16 @@ func newContainerFilter(s *store.Store, param string) (containerFilter, error) {
 					list[i] = img.ID.String()
 				}
 			}
+		case "before", "since": // a container: matched by creation time
+			for i, ref := range list {
+				c, err := s.Containers().Get(ref)
+				if err != nil {
+					return nil, err
+				}
+				list[i] = c.Created.Format(time.RFC3339Nano)
+			}
+		case "exited", "health", "expose", "publish", "network", "volume", "isolation", "is-task":
+			// About running or networked containers: none here matches.
 		default:
 			return nil, badRequest("invalid filter '%s'", key)
 		}
@@ -251,6 +263,9 @@ func (f containerFilter) match(c container.Container, labels map[string]string) 
 				ok = present && (!hasVal || got == val)
 			case "ancestor":
 				ok = v == c.Image.String() || v == c.ImageRef
+			case "before", "since":
+				t, _ := time.Parse(time.RFC3339Nano, v)
+				ok = key == "before" && c.Created.Before(t) || key == "since" && c.Created.After(t)
 			}
 			if ok {
 				break

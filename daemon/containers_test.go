@@ -199,6 +199,9 @@ func TestListContainers(t *testing.T) {
 		`{"label":["tier=web"],"ancestor":["app:1"]}`: 2,
 		`{"label":["tier=db"]}`:                       0,
 		`{"id":["` + id[:8] + `"]}`:                   1,
+		`{"since":["web"]}`:                           1,
+		`{"before":["web"]}`:                          0,
+		`{"exited":["0"]}`:                            0,
 	} {
 		want(t, d.do(t, "GET", "/containers/json?all=1&filters="+urlEscape(filters), nil), http.StatusOK, &list)
 		if len(list) != n {
@@ -325,29 +328,33 @@ func TestRemoveContainer(t *testing.T) {
 	}
 }
 
-// TestRemoveInParallel removes containers at once, as docker rm a b c does.
-func TestRemoveInParallel(t *testing.T) {
+// TestParallelCreateAndRemove creates the first containers of an image at
+// once, then removes them at once, as docker rm a b c does.
+func TestParallelCreateAndRemove(t *testing.T) {
 	d := newCtrDaemon(t)
 	var names []string
-	for i := range 8 {
+	for i := range 12 {
 		names = append(names, fmt.Sprint("c", i))
-		d.create(t, names[i])
 	}
-	codes := make([]int, len(names))
-	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Go(func() {
-			w := httptest.NewRecorder()
-			d.h.ServeHTTP(w, httptest.NewRequest("DELETE", "/v1.50/containers/"+name+"?force=1", nil))
-			codes[i] = w.Code
-		})
-	}
-	wg.Wait()
-	for i, code := range codes {
-		if code != http.StatusNoContent {
-			t.Errorf("rm %s: %d", names[i], code)
+	parallel := func(method, path, body string, status int) {
+		t.Helper()
+		answers := make([]*httptest.ResponseRecorder, len(names))
+		var wg sync.WaitGroup
+		for i, name := range names {
+			wg.Go(func() {
+				answers[i] = httptest.NewRecorder()
+				d.h.ServeHTTP(answers[i], httptest.NewRequest(method, "/v1.50"+fmt.Sprintf(path, name), strings.NewReader(body)))
+			})
+		}
+		wg.Wait()
+		for i, w := range answers {
+			if w.Code != status {
+				t.Errorf("%s %s: %d %s", method, fmt.Sprintf(path, names[i]), w.Code, w.Body)
+			}
 		}
 	}
+	parallel("POST", "/containers/create?name=%s", `{"Image":"app:1"}`, http.StatusCreated)
+	parallel("DELETE", "/containers/%s?force=1", "", http.StatusNoContent)
 	if cs, err := d.s.Containers().List(); err != nil || len(cs) != 0 {
 		t.Fatalf("left: %v, %v", cs, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,19 +77,19 @@ type imageSummary struct {
 
 // imageFilter is the filters of GET /images/json.
 type imageFilter struct {
-	references    []string
-	dangling      *bool
-	before, since *time.Time
-	labels        []string
+	references           []string
+	dangling             *bool
+	before, since, until *time.Time
+	labels, notLabels    []string
 }
 
 func (d *Daemon) newImageFilter(param string) (imageFilter, error) {
 	var f imageFilter
-	fs, err := parseFilters(param, "reference", "dangling", "before", "since", "label")
+	fs, err := parseFilters(param, "reference", "dangling", "before", "since", "until", "label", "label!")
 	if err != nil {
 		return f, err
 	}
-	f.references, f.labels = fs["reference"], fs["label"]
+	f.references, f.labels, f.notLabels = fs["reference"], fs["label"], fs["label!"]
 	for _, v := range fs["dangling"] {
 		var b bool
 		switch strings.ToLower(v) {
@@ -110,7 +111,31 @@ func (d *Daemon) newImageFilter(param string) (imageFilter, error) {
 			*at = &t
 		}
 	}
+	for _, v := range fs["until"] {
+		t, err := parseTimestamp(v, time.Now())
+		if err != nil {
+			return f, err
+		}
+		f.until = &t
+	}
 	return f, nil
+}
+
+// parseTimestamp reads an until filter as Docker does: a duration before
+// now ("10m"), Unix seconds ("1700000000.5"), or an RFC 3339 time or date.
+func parseTimestamp(v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return now.Add(-d), nil
+	}
+	if secs, err := strconv.ParseFloat(v, 64); err == nil {
+		return time.Unix(0, int64(secs*1e9)), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, badRequest("invalid filter 'until=%s': not a duration, a Unix time or an RFC 3339 time", v)
 }
 
 // created is when img was built, or loaded when its config does not say.
@@ -128,17 +153,18 @@ func (f imageFilter) match(img image.Image) (tags, digests []string, ok bool) {
 	if f.dangling != nil && *f.dangling != (len(tags) == 0) {
 		return nil, nil, false
 	}
-	if f.before != nil && !created(img).Before(*f.before) || f.since != nil && !created(img).After(*f.since) {
+	at := created(img)
+	if f.before != nil && !at.Before(*f.before) || f.since != nil && !at.After(*f.since) || f.until != nil && !at.Before(*f.until) {
 		return nil, nil, false
 	}
-	if len(f.labels) > 0 {
-		labels := img.Spec.Config.Labels
-		for _, l := range f.labels {
-			k, v, hasValue := strings.Cut(l, "=")
-			got, present := labels[k]
-			if !present || hasValue && got != v {
-				return nil, nil, false
-			}
+	for _, l := range f.labels {
+		if !hasLabel(img.Spec.Config.Labels, l) {
+			return nil, nil, false
+		}
+	}
+	for _, l := range f.notLabels {
+		if hasLabel(img.Spec.Config.Labels, l) {
+			return nil, nil, false
 		}
 	}
 	if len(f.references) > 0 {
@@ -148,6 +174,13 @@ func (f imageFilter) match(img image.Image) (tags, digests []string, ok bool) {
 		}
 	}
 	return tags, digests, true
+}
+
+// hasLabel reports whether labels hold filter: "key" or "key=value".
+func hasLabel(labels map[string]string, filter string) bool {
+	k, v, hasValue := strings.Cut(filter, "=")
+	got, present := labels[k]
+	return present && (!hasValue || got == v)
 }
 
 // matchingRefs keeps the references a reference pattern matches, as Docker

@@ -157,6 +157,10 @@ func TestImageListFilters(t *testing.T) {
 		`{"dangling":{"false":true}}`:                {"busybox:1", "busybox:latest", "localhost:5000/team/app:2"},
 		`{"label":["tier"]}`:                         {"localhost:5000/team/app:2"},
 		`{"label":["tier=db"]}`:                      {},
+		`{"label!":["tier=web"]}`:                    {"<none>", "busybox:1", "busybox:latest"},
+		`{"until":["1500"]}`:                         {"busybox:1", "busybox:latest"},
+		`{"until":["1970-01-01T00:40:00Z"]}`:         {"busybox:1", "busybox:latest", "localhost:5000/team/app:2"},
+		`{"until":["1h"]}`:                           {"<none>", "busybox:1", "busybox:latest", "localhost:5000/team/app:2"},
 		`{"before":["localhost:5000/team/app:2"]}`:   {"busybox:1", "busybox:latest"},
 		`{"since":["busybox"]}`:                      {"<none>", "localhost:5000/team/app:2"},
 		`{"since":["busybox"],"dangling":["false"]}`: {"localhost:5000/team/app:2"},
@@ -174,6 +178,8 @@ func TestImageListFilters(t *testing.T) {
 			t.Errorf("%v: SharedSize %d, want %d", s.RepoTags, s.SharedSize, want)
 		}
 	}
+	apiError(t, d.call(t, "GET", "/v1.50/images/json?filters="+url.QueryEscape(`{"until":["soon"]}`), nil),
+		http.StatusBadRequest, "invalid filter 'until=soon': not a duration, a Unix time or an RFC 3339 time")
 	apiError(t, d.call(t, "GET", "/v1.50/images/json?filters="+url.QueryEscape(`{"dangling":["maybe"]}`), nil),
 		http.StatusBadRequest, "invalid filter 'dangling=maybe'")
 	apiError(t, d.call(t, "GET", "/v1.50/images/json?filters="+url.QueryEscape(`{"before":["nosuch"]}`), nil),

@@ -142,7 +142,7 @@ func TestDaemonMobyClient(t *testing.T) {
 		Name: "moby-ctr", Config: &container.Config{Image: imageID[7:19], Cmd: []string{"/bin/sh"}},
 	})
 	must(t, err)
-	if !containerID.MatchString(created.ID) || created.Warnings == nil {
+	if !fullID.MatchString(created.ID) || created.Warnings == nil {
 		t.Errorf("container create: %+v", created)
 	}
 	if _, err := c.ContainerCreate(ctx, client.ContainerCreateOptions{Name: "moby-ctr", Image: "base:1"}); !cerrdefs.IsConflict(err) {

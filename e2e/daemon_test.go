@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,10 +111,20 @@ func (d *strataDaemon) stop(timeout time.Duration) error {
 	}
 }
 
+// logTail is the end of the daemon's log, after its failed requests and
+// warnings from anywhere in it.
 func (d *strataDaemon) logTail() string {
 	b, _ := os.ReadFile(d.log)
-	return tail(string(b), 4000)
+	var failed []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if failedRequest.MatchString(line) || strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			failed = append(failed, line)
+		}
+	}
+	return strings.Join(failed[max(0, len(failed)-40):], "\n") + "\n...\n" + tail(string(b), 3000)
 }
+
+var failedRequest = regexp.MustCompile(`status=[45]\d\d`)
 
 // unixHTTP is an HTTP client that dials the unix socket sock whatever the URL's host.
 func unixHTTP(sock string) *http.Client {

@@ -115,8 +115,9 @@ type blockKey struct {
 	vblock uint64
 }
 
-// Create makes a new pool from two files, which must not exist yet; both are
-// created sparse at their full size.
+// Create makes a new pool in a metadata and a data file, which must not
+// exist yet; both are created sparse at their full size, the sizes file
+// (metaPath + ".sizes") beside them.
 func Create(metaPath, dataPath string, opts Options) (*Pool, error) {
 	if opts.BlockSize == 0 {
 		opts.BlockSize = DefaultBlockSize
@@ -161,8 +162,7 @@ func Create(metaPath, dataPath string, opts Options) (*Pool, error) {
 		data.Close()
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
-	p := newPool(md, data, opts.BlockSize, sizes)
-	return p, nil
+	return newPool(md, data, opts.BlockSize, sizes), nil
 }
 
 // Open opens the last committed transaction of an existing pool.
@@ -191,7 +191,9 @@ func Open(metaPath, dataPath string) (*Pool, error) {
 	p := newPool(md, data, blockSize, sizes)
 	for _, id := range md.devices() {
 		if p.sizes[id], err = sizes.load(id, md.details[id].creationTime); err != nil {
-			p.Close()
+			md.close()
+			data.Close()
+			sizes.close()
 			return nil, fmt.Errorf("open pool: %w", err)
 		}
 	}

@@ -10,9 +10,10 @@ import "encoding/binary"
 type spaceMap struct {
 	counts    []uint32
 	allocated uint64
-	overflow  uint64          // blocks counted 3 or more: entries of the refcount tree
-	freed     map[uint64]bool // freed in this transaction
-	dirty     map[int]bool    // bitmaps changed in this transaction
+	overflow  uint64   // blocks counted 3 or more: entries of the refcount tree
+	freed     []uint64 // bitset: freed in this transaction
+	nrFreed   uint64
+	dirty     map[int]bool // bitmaps changed in this transaction
 	// overflowDirty says the reference-count tree must be rewritten.
 	overflowDirty bool
 	cursor        uint64
@@ -24,14 +25,16 @@ type spaceMap struct {
 }
 
 func newSpaceMap(nrBlocks uint64) *spaceMap {
-	sm := &spaceMap{freed: map[uint64]bool{}, dirty: map[int]bool{}}
+	sm := &spaceMap{dirty: map[int]bool{}}
 	sm.grow(nrBlocks)
 	return sm
 }
 
 func (sm *spaceMap) size() uint64 { return uint64(len(sm.counts)) }
 func (sm *spaceMap) used() uint64 { return sm.allocated }
-func (sm *spaceMap) free() uint64 { return sm.size() - sm.allocated - uint64(len(sm.freed)) }
+func (sm *spaceMap) free() uint64 { return sm.size() - sm.allocated - sm.nrFreed }
+
+func (sm *spaceMap) isFreed(b uint64) bool { return sm.freed[b/64]&(1<<(b%64)) != 0 }
 
 func (sm *spaceMap) nrBitmaps() int {
 	return int((sm.size() + entriesPerBitmap - 1) / entriesPerBitmap)
@@ -45,6 +48,7 @@ func (sm *spaceMap) grow(nrBlocks uint64) {
 		sm.dirty[old-1] = true // its index entry counts more free blocks
 	}
 	sm.counts = append(sm.counts, make([]uint32, nrBlocks-sm.size())...)
+	sm.freed = append(sm.freed, make([]uint64, (nrBlocks+63)/64-uint64(len(sm.freed)))...)
 	for i := old; i < sm.nrBitmaps(); i++ {
 		sm.bitmaps = append(sm.bitmaps, 0)
 		sm.dirty[i] = true
@@ -81,7 +85,10 @@ func (sm *spaceMap) set(b uint64, c uint32) {
 		sm.allocated++
 	case old > 0 && c == 0:
 		sm.allocated--
-		sm.freed[b] = true
+		if !sm.isFreed(b) {
+			sm.freed[b/64] |= 1 << (b % 64)
+			sm.nrFreed++
+		}
 	}
 }
 
@@ -103,7 +110,7 @@ func (sm *spaceMap) alloc() (uint64, bool) {
 	n := sm.size()
 	for i := uint64(0); i < n; i++ {
 		b := (sm.cursor + i) % n
-		if sm.counts[b] == 0 && !sm.freed[b] {
+		if sm.counts[b] == 0 && !sm.isFreed(b) {
 			sm.set(b, 1)
 			sm.cursor = b + 1
 			return b, true
@@ -115,7 +122,8 @@ func (sm *spaceMap) alloc() (uint64, bool) {
 // committed forgets which blocks were freed: the transaction that stopped
 // using them is on disk.
 func (sm *spaceMap) committed() {
-	sm.freed = map[uint64]bool{}
+	clear(sm.freed)
+	sm.nrFreed = 0
 	sm.dirty = map[int]bool{}
 	sm.overflowDirty = false
 }

@@ -232,15 +232,15 @@ func (d *Driver) checkFreeSpace(c *server.Client) (uint64, error) {
 
 // Remove deletes the layer's device, which frees its blocks in the pool.
 func (d *Driver) Remove(id string) error {
-	info, err := d.load(id)
-	if err != nil {
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
 	c, err := d.client()
 	if err != nil {
 		return fmt.Errorf("remove layer %s: %w", id, err)
 	}
 	err = d.withDeviceSet(func() error {
+		info, err := d.load(id)
+		if err != nil {
+			return err
+		}
 		return d.mounts.IfUnused(id, func() error {
 			if err := d.lineage.CheckRemovable(id); err != nil {
 				return err
@@ -253,15 +253,16 @@ func (d *Driver) Remove(id string) error {
 			if err != nil {
 				return err
 			}
+			// Left active by a process that died between unmount and
+			// deactivation; mounted, it stays and the delete is refused.
+			c.Deactivate(info.DeviceID)
 			tx := transaction{Op: "delete", ID: id, DeviceID: info.DeviceID, TransactionID: st.TransactionID + 1}
 			if err := writeJSON(d.transactionPath(), tx, true); err != nil {
 				return err
 			}
-			if err := os.Remove(filepath.Join(d.metaDir(id), "device")); err != nil { // the layer is gone
-				return err
-			}
-			if err := c.DeleteTx(info.DeviceID, st.TransactionID, tx.TransactionID); err != nil {
-				return err
+			err = c.DeleteTx(info.DeviceID, st.TransactionID, tx.TransactionID)
+			if err != nil && !errors.Is(err, errdefs.ErrNotFound) { // deleted by hand: the layer goes
+				return errors.Join(err, os.Remove(d.transactionPath()))
 			}
 			if err := d.removeLeftovers(id); err != nil {
 				return err

@@ -27,8 +27,8 @@
 //	.deviceset.lock     flocked while a device is created or deleted
 //	.lock .procs/ .mounts/   driver.Mounts
 //
-// A layer exists once meta/<id>/device does: it is written after the
-// device is made, and removed before it is deleted.
+// A layer exists while meta/<id>/device does: it is written after the
+// device is made, and removed after it is deleted.
 package devicemapper
 
 import (

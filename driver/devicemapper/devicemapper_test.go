@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/strata-storage/strata/driver"
 	"github.com/strata-storage/strata/driver/drivertest"
+	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/thinp"
 	"github.com/strata-storage/strata/thinp/server"
 )
@@ -242,5 +244,46 @@ func TestGrowWhileMounted(t *testing.T) {
 	}
 	if err := write("after-grow"); err != nil {
 		t.Fatalf("write after growing the pool: %v", err)
+	}
+}
+
+// TestXFS formats the base device with xfs (dm.fs): snapshots share the
+// file system's UUID, which xfs mounts only with nouuid.
+func TestXFS(t *testing.T) {
+	d, err := driver.New(t.TempDir(), name, map[string]string{
+		"dm.loopdatasize": "2G", "dm.basesize": "1G", "dm.fs": "xfs"})
+	if errors.Is(err, errdefs.ErrNotSupported) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Cleanup() })
+	for _, l := range [][2]string{{"a", ""}, {"b", "a"}, {"c", "a"}} {
+		if err := d.Create(l[0], l[1], nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := d.Get("a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Put("a")
+	b, err := d.Get("b", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Put("b")
+	if err := os.WriteFile(filepath.Join(b, "f"), []byte("b"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(a, "f")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a write in b shows in its parent a: %v", err)
+	}
+	if fs := driver.BackingFS(b); fs != "xfs" {
+		t.Fatalf("layer b is on %s", fs)
+	}
+	if st := d.Status(); !slices.Contains(st, [2]string{"Backing Filesystem", "xfs"}) {
+		t.Fatalf("status: %v", st)
 	}
 }

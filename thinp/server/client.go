@@ -180,8 +180,12 @@ func (c *Client) Running() bool {
 	return true
 }
 
-func (c *Client) dial() (*net.UnixConn, error) {
-	return net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(c.Dir, socketFile), Net: "unix"})
+func (c *Client) dial() (conn *net.UnixConn, err error) {
+	err = withSocketPath(c.Dir, func(path string) (err error) {
+		conn, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+		return err
+	})
+	return conn, err
 }
 
 // errNoReply is a connection closed before the reply: the server was

@@ -149,6 +149,7 @@ func (f *devFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 		return 0, syscall.EFBIG
 	}
 	n, err := f.pool.WriteAt(f.id, data, off)
+	f.s.writes.Add(1)
 	if err != nil {
 		return uint32(n), errno(err)
 	}
@@ -157,7 +158,7 @@ func (f *devFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off 
 
 // Fsync is the loop device's flush: the point where writes become durable.
 func (f *devFile) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
-	return errno(f.s.commit())
+	return errno(f.s.flush())
 }
 
 func (f *devFile) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno { return 0 }
@@ -178,6 +179,7 @@ func (f *devFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint
 	if start >= end {
 		return 0
 	}
+	defer f.s.writes.Add(1)
 	bs := f.blockSize
 	first := (start + bs - 1) / bs * bs
 	last := end / bs * bs

@@ -7,8 +7,8 @@
 // device arrives as FSYNC and commits the pool; a discard arrives as a
 // hole punch and unmaps blocks. Other processes talk to the server through
 // a control socket (Client); the first request starts it, and it exits as
-// soon as no device is active, so a pool without active devices has no
-// process.
+// soon as no device is active and no client holds it (Client.Hold), so an
+// idle pool has no process.
 //
 // The pool directory:
 //
@@ -34,8 +34,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -74,6 +76,9 @@ type server struct {
 	// and exclusively while the metadata is copied for a check, so that the
 	// copy is one committed transaction.
 	commits sync.RWMutex
+	// writes counts the writes and discards completed on devices;
+	// committed is its value when the last successful commit began.
+	writes, committed atomic.Uint64
 
 	// Only the control loop touches these.
 	active   map[uint32]*device
@@ -138,19 +143,27 @@ func start(dir string) (s *server, err error) {
 			s.close()
 		}
 	}()
-	if s.pool, err = thinp.Open(filepath.Join(dir, MetadataFile), filepath.Join(dir, DataFile)); err != nil {
+	// Opening reads the space maps into a young heap: without a collection
+	// at every doubling of it, a server starts in half the time.
+	gc := debug.SetGCPercent(-1)
+	s.pool, err = thinp.Open(filepath.Join(dir, MetadataFile), filepath.Join(dir, DataFile))
+	debug.SetGCPercent(gc)
+	if err != nil {
 		return nil, err
 	}
 	s.blockSize = s.pool.Status().BlockSize
 	if s.fs, err = mountDevFS(filepath.Join(dir, devDir), s); err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(dir, socketFile)
-	os.Remove(sock) // left by a server that died: we hold the lock
-	if s.ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"}); err != nil {
+	os.Remove(filepath.Join(dir, socketFile)) // left by a server that died: we hold the lock
+	err = withSocketPath(dir, func(path string) (err error) {
+		s.ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	s.ln.SetUnlinkOnClose(true)
+	s.ln.SetUnlinkOnClose(false) // close removes it by its real path
 	return s, nil
 }
 
@@ -223,7 +236,7 @@ func (s *server) close() error {
 	s.closed = true
 	var errs []error
 	if s.ln != nil {
-		errs = append(errs, s.ln.Close())
+		errs = append(errs, s.ln.Close(), os.Remove(filepath.Join(s.dir, socketFile)))
 	}
 	for id := range s.active {
 		errs = append(errs, s.deactivate(id))
@@ -281,7 +294,26 @@ func (s *server) commitAfter(err error) error {
 func (s *server) commit() error {
 	s.commits.RLock()
 	defer s.commits.RUnlock()
-	return s.pool.Commit()
+	started := s.writes.Load()
+	if err := s.pool.Commit(); err != nil {
+		return err
+	}
+	for { // committed only moves forward
+		c := s.committed.Load()
+		if started <= c || s.committed.CompareAndSwap(c, started) {
+			return nil
+		}
+	}
+}
+
+// flush is a flush from the kernel: a commit, unless no write completed
+// since a commit began (the commit holds every completed write). A file
+// system issues many flushes with nothing between them, a freeze most.
+func (s *server) flush() error {
+	if s.writes.Load() == s.committed.Load() {
+		return nil
+	}
+	return s.commit()
 }
 
 // snapshot makes id a snapshot of origin, and sets the transaction id in
