@@ -95,6 +95,9 @@ func NewStore(db *metadata.DB, d driver.Driver) *Store {
 // CreateOptions tune Create.
 type CreateOptions struct {
 	Name string // "" = a generated name, as Docker's adjective_surname
+	// StorageOpt are driver options of the read-write layer, as docker
+	// create --storage-opt (btrfs: size=10G).
+	StorageOpt map[string]string
 }
 
 // Create makes the read-write layer on the init layer of the image's top
@@ -118,13 +121,13 @@ func (s *Store) Create(c Container, opts CreateOptions) (Container, error) {
 	c.ID = newID()
 	c.Name = name
 	c.Created = time.Now().UTC()
-	if c, err = s.create(c); err != nil {
+	if c, err = s.create(c, opts.StorageOpt); err != nil {
 		return Container{}, fmt.Errorf("create container: %w", err)
 	}
 	return c, nil
 }
 
-func (s *Store) create(c Container) (Container, error) {
+func (s *Store) create(c Container, storageOpt map[string]string) (Container, error) {
 	op, err := s.beginCreate(c.ID)
 	if err != nil {
 		return Container{}, err
@@ -156,7 +159,7 @@ func (s *Store) create(c Container) (Container, error) {
 		err = op.note(c.Init)
 	}
 	if err == nil {
-		err = s.createLayers(c, fresh)
+		err = s.createLayers(c, fresh, &driver.CreateOpts{StorageOpt: storageOpt})
 	}
 	if err == nil { // the layers are durable before the record names them
 		err = driver.SyncFS(s.driverRoot)
@@ -182,10 +185,10 @@ func (s *Store) create(c Container) (Container, error) {
 // the init content (read from its cache, or found in the mounted image)
 // while the init layer is made, and, where the driver's ApplyDiff never
 // reads the parent (overlay), the read-write layer while the init content
-// goes in.
-func (s *Store) createLayers(c Container, fresh bool) error {
+// goes in. rw are the options of the read-write layer.
+func (s *Store) createLayers(c Container, fresh bool, rw *driver.CreateOpts) error {
 	if !fresh {
-		return s.driver.CreateReadWrite(c.ID, c.InitID(), nil)
+		return s.driver.CreateReadWrite(c.ID, c.InitID(), rw)
 	}
 	var tarball io.Reader
 	var initErr error
@@ -206,10 +209,10 @@ func (s *Store) createLayers(c Container, fresh bool) error {
 		if err := apply(); err != nil {
 			return err
 		}
-		return s.driver.CreateReadWrite(c.ID, c.InitID(), nil)
+		return s.driver.CreateReadWrite(c.ID, c.InitID(), rw)
 	}
 	wg.Go(func() { initErr = apply() })
-	err = s.driver.CreateReadWrite(c.ID, c.InitID(), nil)
+	err = s.driver.CreateReadWrite(c.ID, c.InitID(), rw)
 	wg.Wait()
 	return cmp.Or(initErr, err)
 }

@@ -464,3 +464,22 @@ func TestInitLayerChurn(t *testing.T) {
 		}
 	})
 }
+
+// TestStorageOptReachesDriver: docker create --storage-opt goes to the
+// driver's read-write layer, which refuses what it does not know, and a
+// refused create leaves nothing behind.
+func TestStorageOptReachesDriver(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, s *store.Store) {
+		smallImage(t, s)
+		_, err := s.CreateContainer("app:1", container.CreateOptions{StorageOpt: map[string]string{"no-such-option": "1"}})
+		if err == nil {
+			t.Fatal("an unknown storage option was taken")
+		}
+		if cs, _ := s.Containers().List(); len(cs) != 0 {
+			t.Errorf("a refused create left %d containers", len(cs))
+		}
+		if got := initLayersOnDisk(t, s); len(got) != 0 {
+			t.Errorf("a refused create left init layers %v", got)
+		}
+	})
+}

@@ -72,7 +72,7 @@ func TestCrashMidCreateCleaned(t *testing.T) {
 				if err := op.note(c.Init); err != nil {
 					t.Fatal(err)
 				}
-				if err := s.createLayers(c, true); err != nil {
+				if err := s.createLayers(c, true, nil); err != nil {
 					t.Fatal(err)
 				}
 				return c, op
