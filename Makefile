@@ -7,7 +7,7 @@ export STRATA_TEST_IMAGES := $(IMAGES)
 # of what a `strata create` costs.
 export CGO_ENABLED := 0
 
-.PHONY: build demo test test-deps images bench bench-containers
+.PHONY: build demo test test-deps images bench bench-containers bench-daemon bench-aufs bench-btrfs bench-devicemapper
 
 build:
 	$(GO) build -o bin/strata ./cmd/strata
@@ -42,3 +42,15 @@ bench: test-deps images build
 
 bench-containers: test-deps images build
 	./bench/containers.sh $(IMAGES)/app.tar
+
+bench-daemon: test-deps images build
+	./bench/daemon.sh $(IMAGES)
+
+bench-aufs: test-deps images build
+	./bench/aufs.sh $(IMAGES)/app.tar
+
+bench-btrfs: test-deps images build
+	./bench/btrfs.sh $(IMAGES)/app.tar
+
+bench-devicemapper: test-deps images build
+	./bench/devicemapper.sh $(IMAGES)/app.tar
