@@ -15,6 +15,9 @@ import (
 // syncBeside, which makes durable what the transaction needs outside the
 // metadata file, runs while those blocks are synced.
 func (md *metadata) commit(syncBeside func() error) error {
+	if err := md.spaceErr(); err != nil {
+		return err
+	}
 	writes := map[uint64][]byte{}
 	for _, b := range md.rebuilt {
 		md.release(b)
@@ -47,20 +50,19 @@ func (md *metadata) commit(syncBeside func() error) error {
 			return err
 		}
 	}
-	md.dataEntries = append(md.dataEntries, make([][]byte, md.data.nrBitmaps()-len(md.dataEntries))...)
 	for _, i := range slices.Sorted(maps.Keys(md.data.dirty)) {
 		if err := md.relocateBitmap(md.data, i); err != nil {
 			return err
 		}
-		var block []byte
-		block, md.dataEntries[i] = md.data.encodeBitmap(i, md.data.bitmaps[i])
-		writes[md.data.bitmaps[i]] = block
+		writes[md.data.bitmaps[i].loc] = md.data.encodeBitmap(i)
 	}
-	indexKeys := make([]uint64, len(md.dataEntries))
+	indexKeys := make([]uint64, md.data.nrBitmaps())
+	var indexVals []byte
 	for i := range indexKeys {
 		indexKeys[i] = uint64(i)
+		indexVals = append(indexVals, md.data.entry(i)...)
 	}
-	dataIndexRoot, err := md.build(indexKeys, slices.Concat(md.dataEntries...), indexValueSize, writes, &md.rebuilt)
+	dataIndexRoot, err := md.build(indexKeys, indexVals, indexValueSize, writes, &md.rebuilt)
 	if err != nil {
 		return err
 	}
@@ -94,20 +96,22 @@ func (md *metadata) commit(syncBeside func() error) error {
 			}
 		}
 	}
-	md.metaEntries = append(md.metaEntries, make([][]byte, md.meta.nrBitmaps()-len(md.metaEntries))...)
 	for i := range relocated {
-		var block []byte
-		block, md.metaEntries[i] = md.meta.encodeBitmap(i, md.meta.bitmaps[i])
-		writes[md.meta.bitmaps[i]] = block
+		writes[md.meta.bitmaps[i].loc] = md.meta.encodeBitmap(i)
 	}
 	idx := make([]byte, metaBlockSize)
 	binary.LittleEndian.PutUint64(idx[8:], md.metaIndex)
-	copy(idx[16:], slices.Concat(md.metaEntries...))
+	for i := range md.meta.nrBitmaps() {
+		copy(idx[16+indexValueSize*i:], md.meta.entry(i))
+	}
 	seal(idx, indexCsumXor)
 	writes[md.metaIndex] = idx
 
 	for b, n := range md.dirty {
 		writes[b] = n.encode(b)
+	}
+	if err := md.spaceErr(); err != nil { // a bitmap read for the allocations above failed
+		return err
 	}
 	for _, b := range slices.Sorted(maps.Keys(writes)) {
 		if _, err := md.f.WriteAt(writes[b], int64(b)*metaBlockSize); err != nil {
@@ -163,10 +167,10 @@ func (md *metadata) relocateBitmap(sm *spaceMap, i int) error {
 	if err != nil {
 		return err
 	}
-	if old := sm.bitmaps[i]; old != 0 {
+	if old := sm.bitmaps[i].loc; old != 0 {
 		md.meta.dec(old)
 	}
-	sm.bitmaps[i] = loc
+	sm.bitmaps[i].loc = loc
 	return nil
 }
 
@@ -188,15 +192,25 @@ func (md *metadata) commitReserve() uint64 {
 	devs := uint64(len(md.roots))
 	return tree(devs, detailsValueSize) + tree(devs, 8) +
 		uint64(md.data.nrBitmaps()) + tree(uint64(md.data.nrBitmaps()), indexValueSize) +
-		tree(md.data.overflow, refcountValueSize) + tree(md.meta.overflow, refcountValueSize) +
+		tree(uint64(len(md.data.overflow)), refcountValueSize) + tree(uint64(len(md.meta.overflow)), refcountValueSize) +
 		uint64(md.meta.nrBitmaps()) + 1
 }
 
 // reserve fails with errNoMetaSpace unless an operation allocating a few
 // metadata blocks, and the commit after it, will find them.
 func (md *metadata) reserve() error {
+	if err := md.spaceErr(); err != nil {
+		return err
+	}
 	if md.meta.free() < md.commitReserve()+64 {
 		return errNoMetaSpace
 	}
 	return nil
+}
+
+// spaceErr returns the first failure to read a space-map bitmap: the
+// counts it holds are unknown, so nothing may be allocated or committed
+// on their account.
+func (md *metadata) spaceErr() error {
+	return errors.Join(md.meta.err, md.data.err)
 }

@@ -53,77 +53,159 @@ func (p *Pool) WriteAt(id uint32, b []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	for n < len(b) {
+	p.unsynced.Store(true)
+	w := writer{p: p, id: id, b: b}
+	for n := 0; n < len(b) && err == nil; {
 		vblock, inner := (off+int64(n))/p.blockSize, (off+int64(n))%p.blockSize
-		chunk := b[n:min(len(b), n+int(p.blockSize-inner))]
-		p.unsynced.Store(true)
-		if err := p.writeBlock(id, uint64(vblock), inner, chunk); err != nil {
-			return n, fmt.Errorf("write thin device %d: %w", id, err)
-		}
-		n += len(chunk)
+		end := min(len(b), n+int(p.blockSize-inner))
+		err = w.block(uint64(vblock), inner, n, end)
+		n = end
+	}
+	if ferr := w.flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return w.written, fmt.Errorf("write thin device %d: %w", id, err)
 	}
 	if short {
-		return n, fmt.Errorf("write thin device %d at %d: %w", id, off+int64(n), io.ErrShortWrite)
+		return w.written, fmt.Errorf("write thin device %d at %d: %w", id, off+int64(w.written), io.ErrShortWrite)
 	}
-	return n, nil
+	return w.written, nil
 }
 
-// writeBlock writes chunk at inner in virtual block vblock. Only the
-// metadata work holds p.mu: the copy into a new block runs outside it, with
-// the block marked as being provisioned so that other writers of the same
-// block wait for the mapping.
-func (p *Pool) writeBlock(id uint32, vblock uint64, inner int64, chunk []byte) error {
-	key := blockKey{id, vblock}
+// writer is one WriteAt. It gathers the whole blocks it writes that are
+// consecutive in the data file, as new blocks mostly are, into one run
+// written by one pwrite: per 64 KiB block, a system call costs as much as
+// the pool's metadata work.
+type writer struct {
+	p       *Pool
+	id      uint32
+	b       []byte
+	written int // bytes of b written, a prefix
+
+	// The pending run: b[lo:hi] goes to data block first at inner; fresh
+	// are its new blocks, mapped once their data is written.
+	lo, hi int
+	first  uint64
+	inner  int64
+	fresh  []provision
+}
+
+// provision is a new data block for a virtual block, marked as being
+// provisioned so that other writers of the virtual block wait for its
+// mapping.
+type provision struct {
+	key   blockKey
+	block uint64
+	done  chan struct{}
+}
+
+// block writes b[lo:hi] at inner in virtual block vblock. Only the metadata
+// work holds p.mu: data is written outside it.
+func (w *writer) block(vblock uint64, inner int64, lo, hi int) error {
+	p := w.p
+	key := blockKey{w.id, vblock}
 	for {
 		p.mu.Lock()
 		if wait := p.provisioning[key]; wait != nil {
 			p.mu.Unlock()
+			if err := w.flush(); err != nil {
+				return err
+			}
 			<-wait
 			continue
 		}
-		old, mapped, shared, err := p.md.mapping(id, vblock)
+		old, mapped, shared, err := p.md.mapping(w.id, vblock)
 		if err != nil {
 			p.mu.Unlock()
 			return err
 		}
 		if mapped && !shared {
 			p.mu.Unlock()
-			_, err := p.data.WriteAt(chunk, int64(old)*p.blockSize+inner)
-			return err
+			return w.add(old, inner, lo, hi, nil)
 		}
 		fresh, err := p.md.allocData()
 		if err != nil {
 			p.mu.Unlock()
 			return p.noteSpace(err)
 		}
-		done := make(chan struct{})
-		p.provisioning[key] = done
+		pr := provision{key, fresh, make(chan struct{})}
+		p.provisioning[key] = pr.done
 		p.mu.Unlock()
 
-		err = p.fill(fresh, old, mapped, inner, chunk)
-
-		p.mu.Lock()
-		if err == nil {
-			err = p.noteSpace(p.md.setMapping(id, vblock, fresh))
+		if int64(hi-lo) == p.blockSize {
+			return w.add(fresh, 0, lo, hi, &pr)
 		}
-		if err != nil {
-			p.md.data.dec(fresh)
+		if err := w.flush(); err != nil {
+			p.provided([]provision{pr}, err)
+			return err
 		}
-		delete(p.provisioning, key)
-		close(done)
-		p.mu.Unlock()
+		err = p.fill(fresh, old, mapped, inner, w.b[lo:hi])
+		if err = p.provided([]provision{pr}, err); err == nil {
+			w.written = hi
+		}
 		return err
 	}
 }
 
-// fill writes a new data block: chunk at inner, and around it the old
-// block's contents when there was one, zeros otherwise.
-func (p *Pool) fill(fresh, old uint64, copyOld bool, inner int64, chunk []byte) error {
-	if int64(len(chunk)) == p.blockSize {
-		_, err := p.data.WriteAt(chunk, int64(fresh)*p.blockSize)
+// add appends b[lo:hi], bound for data block dataBlock at inner, to the
+// pending run, or starts a new run when it does not follow on.
+func (w *writer) add(dataBlock uint64, inner int64, lo, hi int, pr *provision) error {
+	end := w.inner + int64(w.hi-w.lo) // the run's end, from the start of block first
+	follows := w.hi > w.lo && lo == w.hi && inner == 0 && end%w.p.blockSize == 0 && dataBlock == w.first+uint64(end/w.p.blockSize)
+	if !follows {
+		if err := w.flush(); err != nil {
+			if pr != nil {
+				w.p.provided([]provision{*pr}, err)
+			}
+			return err
+		}
+		w.lo, w.first, w.inner = lo, dataBlock, inner
+	}
+	w.hi = hi
+	if pr != nil {
+		w.fresh = append(w.fresh, *pr)
+	}
+	return nil
+}
+
+// flush writes the pending run and maps its new blocks.
+func (w *writer) flush() error {
+	if w.hi == w.lo {
+		return nil
+	}
+	_, err := w.p.data.WriteAt(w.b[w.lo:w.hi], int64(w.first)*w.p.blockSize+w.inner)
+	if err = w.p.provided(w.fresh, err); err == nil {
+		w.written = w.hi
+	}
+	w.lo, w.hi, w.fresh = 0, 0, w.fresh[:0]
+	return err
+}
+
+// provided maps the new blocks whose data is written, or releases them
+// after err or a failure to map one, and wakes their waiters.
+func (p *Pool) provided(prs []provision, err error) error {
+	if len(prs) == 0 {
 		return err
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pr := range prs {
+		if err == nil {
+			err = p.noteSpace(p.md.setMapping(pr.key.dev, pr.key.vblock, pr.block))
+		}
+		if err != nil {
+			p.md.data.dec(pr.block)
+		}
+		delete(p.provisioning, pr.key)
+		close(pr.done)
+	}
+	return err
+}
+
+// fill writes part of a new data block: chunk at inner, and around it the
+// old block's contents when there was one, zeros otherwise.
+func (p *Pool) fill(fresh, old uint64, copyOld bool, inner int64, chunk []byte) error {
 	bp, _ := blockBuffers.Get().(*[]byte)
 	if bp == nil || int64(len(*bp)) != p.blockSize {
 		b := make([]byte, p.blockSize)

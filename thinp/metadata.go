@@ -29,7 +29,6 @@ type metadata struct {
 	rebuilt                  []uint64
 	dataRefTree, metaRefTree []uint64
 	dataRefRoot, metaRefRoot uint64
-	dataEntries, metaEntries [][]byte // index entry of each bitmap
 	metaIndex                uint64
 	committedTransactionID   uint64
 	metaAllocs               uint64 // metadata blocks allocated, for tests
@@ -142,8 +141,6 @@ func (md *metadata) load() error {
 	if sb.metaSM.nrBlocks > maxMetaBlocks {
 		return fmt.Errorf("%w: %d metadata blocks", errCorrupt, sb.metaSM.nrBlocks)
 	}
-	md.meta = newSpaceMap(sb.metaSM.nrBlocks)
-	md.data = newSpaceMap(sb.dataSM.nrBlocks)
 
 	// Metadata space map: one index block.
 	md.metaIndex = sb.metaSM.bitmapRoot
@@ -154,38 +151,37 @@ func (md *metadata) load() error {
 	if err := verify(idx, indexCsumXor, md.metaIndex, "space map index"); err != nil {
 		return err
 	}
-	for i := range md.meta.nrBitmaps() {
-		entry := idx[16+indexValueSize*i : 16+indexValueSize*(i+1)]
-		if err := md.loadBitmap(md.meta, i, entry); err != nil {
-			return err
-		}
-		md.metaEntries = append(md.metaEntries, slices.Clone(entry))
+	var metaEntries [][]byte
+	for i := range (sb.metaSM.nrBlocks + entriesPerBitmap - 1) / entriesPerBitmap {
+		metaEntries = append(metaEntries, idx[16+indexValueSize*i:16+indexValueSize*(i+1)])
 	}
 	md.metaRefRoot = sb.metaSM.refcountRoot
-	if err := md.loadRefcounts(md.meta, md.metaRefRoot, &md.metaRefTree); err != nil {
+	overflow, err := md.loadRefcounts(sb.metaSM.nrBlocks, md.metaRefRoot, &md.metaRefTree)
+	if err != nil {
 		return err
 	}
+	md.meta = openSpaceMap(sb.metaSM.nrBlocks, metaEntries, overflow, md.readBitmap)
 
 	// Data space map: an index tree.
-	md.dataEntries = make([][]byte, md.data.nrBitmaps())
+	dataEntries := make([][]byte, (sb.dataSM.nrBlocks+entriesPerBitmap-1)/entriesPerBitmap)
 	err = md.walkRaw(sb.dataSM.bitmapRoot, indexValueSize, &md.rebuilt, func(k uint64, v []byte) error {
-		if k >= uint64(len(md.dataEntries)) {
+		if k >= uint64(len(dataEntries)) {
 			return fmt.Errorf("%w: data bitmap %d beyond the end", errCorrupt, k)
 		}
-		md.dataEntries[k] = slices.Clone(v)
-		return md.loadBitmap(md.data, int(k), v)
+		dataEntries[k] = v
+		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if i := slices.IndexFunc(md.dataEntries, func(e []byte) bool { return e == nil }); i >= 0 {
+	if i := slices.IndexFunc(dataEntries, func(e []byte) bool { return e == nil }); i >= 0 {
 		return fmt.Errorf("%w: data bitmap %d missing from the index", errCorrupt, i)
 	}
 	md.dataRefRoot = sb.dataSM.refcountRoot
-	if err := md.loadRefcounts(md.data, md.dataRefRoot, &md.dataRefTree); err != nil {
+	if overflow, err = md.loadRefcounts(sb.dataSM.nrBlocks, md.dataRefRoot, &md.dataRefTree); err != nil {
 		return err
 	}
-	md.meta.dirty, md.data.dirty = map[int]bool{}, map[int]bool{}
+	md.data = openSpaceMap(sb.dataSM.nrBlocks, dataEntries, overflow, md.readBitmap)
 
 	// Devices and their details.
 	err = md.walkRaw(sb.mappingRoot, 8, &md.rebuilt, func(k uint64, v []byte) error {
@@ -212,26 +208,29 @@ func (md *metadata) load() error {
 	return nil
 }
 
-func (md *metadata) loadBitmap(sm *spaceMap, i int, entry []byte) error {
-	loc := binary.LittleEndian.Uint64(entry)
+// readBitmap reads and checks the space-map bitmap block at loc.
+func (md *metadata) readBitmap(loc uint64) ([]byte, error) {
 	b, err := md.readBlock(loc)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := verify(b, bitmapCsumXor, loc, "space map bitmap"); err != nil {
-		return err
+		return nil, err
 	}
-	sm.bitmaps[i] = loc
-	sm.decodeBitmap(i, b)
-	return nil
+	return b, nil
 }
 
-func (md *metadata) loadRefcounts(sm *spaceMap, root uint64, blocks *[]uint64) error {
-	return md.walkRaw(root, refcountValueSize, blocks, func(k uint64, v []byte) error {
-		if k >= sm.size() || sm.counts[k] != 3 {
-			return fmt.Errorf("%w: reference count tree names block %d", errCorrupt, k)
+// loadRefcounts reads a reference-count tree: the counts above 2 of a
+// space of nrBlocks.
+func (md *metadata) loadRefcounts(nrBlocks, root uint64, blocks *[]uint64) (map[uint64]uint32, error) {
+	counts := map[uint64]uint32{}
+	err := md.walkRaw(root, refcountValueSize, blocks, func(k uint64, v []byte) error {
+		c := binary.LittleEndian.Uint32(v)
+		if k >= nrBlocks || c < 3 {
+			return fmt.Errorf("%w: reference count tree names block %d with count %d", errCorrupt, k, c)
 		}
-		sm.counts[k] = binary.LittleEndian.Uint32(v)
+		counts[k] = c
 		return nil
 	})
+	return counts, err
 }

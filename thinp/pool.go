@@ -336,17 +336,7 @@ func (p *Pool) noteSpace(err error) error {
 func (p *Pool) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := Status{
-		TransactionID: p.md.transactionID,
-		BlockSize:     p.blockSize,
-		UsedData:      p.md.data.used(),
-		TotalData:     p.md.data.size(),
-		UsedMeta:      p.md.meta.used(),
-		TotalMeta:     p.md.meta.size(),
-		NeedsCheck:    p.md.needsCheck || p.md.meta.errors+p.md.data.errors > 0,
-		OutOfData:     p.outOfData,
-		OutOfMeta:     p.outOfMeta,
-	}
+	s := p.usage()
 	for _, id := range p.md.devices() {
 		d, err := p.md.deviceStatus(id)
 		if err != nil {
@@ -357,6 +347,29 @@ func (p *Pool) Status() Status {
 		s.Devices = append(s.Devices, d)
 	}
 	return s
+}
+
+// Usage reports the pool as Status does but without its devices (Devices
+// is nil): the space maps' counters alone, cheap enough to ask before every
+// new device.
+func (p *Pool) Usage() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.usage()
+}
+
+func (p *Pool) usage() Status {
+	return Status{
+		TransactionID: p.md.transactionID,
+		BlockSize:     p.blockSize,
+		UsedData:      p.md.data.used(),
+		TotalData:     p.md.data.size(),
+		UsedMeta:      p.md.meta.used(),
+		TotalMeta:     p.md.meta.size(),
+		NeedsCheck:    p.md.needsCheck || p.md.meta.errors+p.md.data.errors > 0 || p.md.spaceErr() != nil,
+		OutOfData:     p.outOfData,
+		OutOfMeta:     p.outOfMeta,
+	}
 }
 
 // Devices returns the ids of all thin devices, in order.

@@ -218,7 +218,7 @@ func (d *Driver) record(id, parent string, info deviceInfo) error {
 // checkFreeSpace refuses a new device when the pool's free data space is
 // below dm.min_free_space, and returns the pool's transaction id.
 func (d *Driver) checkFreeSpace(c *server.Client) (uint64, error) {
-	st, err := c.Status()
+	st, err := c.Usage()
 	if err != nil {
 		return 0, err
 	}
@@ -249,7 +249,7 @@ func (d *Driver) Remove(id string) error {
 			if err != nil {
 				return err
 			}
-			st, err := c.Status()
+			st, err := c.Usage()
 			if err != nil {
 				return err
 			}
@@ -436,7 +436,7 @@ func (d *Driver) recover(m *driver.Mounts) error {
 	if !d.pool.Running() {
 		return errors.Join(errs...)
 	}
-	st, err := d.pool.Status()
+	st, err := d.pool.Usage()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}

@@ -101,8 +101,16 @@ func (c *Client) Deactivate(id uint32) error {
 	return err
 }
 
-func (c *Client) Status() (Status, error) {
-	rep, err := c.call(&request{Op: opStatus})
+// Status returns the pool's status with every device's counts, which walks
+// all their mapping trees; Usage is the same without the devices.
+func (c *Client) Status() (Status, error) { return c.status(opStatus) }
+
+// Usage returns the pool's space and transaction id and the active devices,
+// from counters only: cheap enough for every layer create.
+func (c *Client) Usage() (Status, error) { return c.status(opUsage) }
+
+func (c *Client) status(op string) (Status, error) {
+	rep, err := c.call(&request{Op: op})
 	if err != nil {
 		return Status{}, err
 	}

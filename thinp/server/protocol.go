@@ -15,6 +15,7 @@ const (
 	opActivate   = "activate"
 	opDeactivate = "deactivate"
 	opStatus     = "status"
+	opUsage      = "usage" // status without the per-device walk
 	opGrow       = "grow"
 	opCheckCopy  = "check-copy"
 	opStop       = "stop"

@@ -34,7 +34,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -143,15 +142,11 @@ func start(dir string) (s *server, err error) {
 			s.close()
 		}
 	}()
-	// Opening reads the space maps into a young heap: without a collection
-	// at every doubling of it, a server starts in half the time.
-	gc := debug.SetGCPercent(-1)
 	s.pool, err = thinp.Open(filepath.Join(dir, MetadataFile), filepath.Join(dir, DataFile))
-	debug.SetGCPercent(gc)
 	if err != nil {
 		return nil, err
 	}
-	s.blockSize = s.pool.Status().BlockSize
+	s.blockSize = s.pool.Usage().BlockSize
 	if s.fs, err = mountDevFS(filepath.Join(dir, devDir), s); err != nil {
 		return nil, err
 	}
@@ -265,8 +260,8 @@ func (s *server) handle(req *request) *reply {
 		rep.Path, err = s.activate(req.ID)
 	case opDeactivate:
 		err = s.deactivate(req.ID)
-	case opStatus:
-		rep.Status, rep.Active = s.status()
+	case opStatus, opUsage:
+		rep.Status, rep.Active = s.status(req.Op == opStatus)
 		rep.Pid = os.Getpid()
 	case opGrow:
 		err = s.grow(req.DataSize, req.MetadataSize)
@@ -353,12 +348,17 @@ func (s *server) setTxAndCommit(setTx bool, oldTx, newTx uint64) error {
 	return errors.Join(err, s.commit())
 }
 
-func (s *server) status() (thinp.Status, map[uint32]string) {
+// status returns the pool's status, with each device's counts when
+// devices (which walks every mapping tree), and the active devices.
+func (s *server) status(devices bool) (thinp.Status, map[uint32]string) {
 	active := make(map[uint32]string, len(s.active))
 	for id, d := range s.active {
 		active[id] = d.loopPath
 	}
-	return s.pool.Status(), active
+	if devices {
+		return s.pool.Status(), active
+	}
+	return s.pool.Usage(), active
 }
 
 func (s *server) grow(data, meta int64) error {
