@@ -98,6 +98,9 @@ type CreateOptions struct {
 	// StorageOpt are driver options of the read-write layer, as docker
 	// create --storage-opt (btrfs: size=10G).
 	StorageOpt map[string]string
+	// Config, when set, is the container's config in place of its image's
+	// (store.CreateContainer; the daemon merges a request's over the image's).
+	Config json.RawMessage
 }
 
 // Create makes the read-write layer on the init layer of the image's top

@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,28 +40,43 @@ func (d *Daemon) containerRoutes() []route {
 	}
 }
 
-// createRequest is the part of docker create's body strata uses: the image.
-// The rest (command, environment, labels, host config) is not kept: a
-// container's config is its image's, as with strata create.
+// createRequest is the part of docker create's body read first: the
+// image. The whole body, less its host and network parts, merged with the
+// image's config, is the container's config (mergeConfig), which inspect,
+// ps and commit show. The container is made as store.CreateContainer makes
+// one, with that config instead of the image's.
 type createRequest struct {
-	Image string `json:"Image"`
+	Image      string `json:"Image"`
+	HostConfig struct {
+		StorageOpt map[string]string `json:"StorageOpt"`
+	} `json:"HostConfig"`
 }
 
 func (d *Daemon) createContainer(w http.ResponseWriter, r *http.Request, _ map[string]string) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return err
+	}
 	var req createRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+	if err := json.Unmarshal(body, &req); err != nil {
 		return badRequest("invalid JSON: %v", err)
 	}
 	if req.Image == "" {
 		return badRequest("config cannot be empty in order to create a container")
 	}
-	c, err := d.store.CreateContainer(req.Image, container.CreateOptions{Name: r.URL.Query().Get("name")})
+	img, err := d.store.Images().Resolve(req.Image)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		// A 404 in Docker's words makes the CLI pull the image and retry.
-		if _, rerr := d.store.Images().Resolve(req.Image); errors.Is(rerr, errdefs.ErrNotFound) {
-			return notFound("No such image: %s", familiar(req.Image))
-		}
+		return notFound("No such image: %s", familiar(req.Image))
 	}
+	if err != nil {
+		return err
+	}
+	opts := container.CreateOptions{Name: r.URL.Query().Get("name"), StorageOpt: req.HostConfig.StorageOpt}
+	if opts.Config, err = mergeConfig(body, img.Config); err != nil {
+		return err
+	}
+	c, err := d.store.CreateContainer(req.Image, opts)
 	if errors.Is(err, errdefs.ErrExists) {
 		// Docker's name conflict message ends with a period, which the
 		// container store's, being a Go error, does not.
@@ -72,6 +89,113 @@ func (d *Daemon) createContainer(w http.ResponseWriter, r *http.Request, _ map[s
 		ID       string   `json:"Id"`
 		Warnings []string `json:"Warnings"`
 	}{c.ID, []string{}})
+}
+
+// mergedFields are the fields of a container's config that dockerd fills
+// from the image's when the request leaves them empty, or combines.
+type mergedFields struct {
+	User         string              `json:"User"`
+	Env          []string            `json:"Env"`
+	Cmd          strSlice            `json:"Cmd"`
+	Entrypoint   strSlice            `json:"Entrypoint"`
+	Shell        strSlice            `json:"Shell,omitempty"`
+	WorkingDir   string              `json:"WorkingDir"`
+	StopSignal   string              `json:"StopSignal,omitempty"`
+	Labels       map[string]string   `json:"Labels"`
+	ExposedPorts map[string]struct{} `json:"ExposedPorts,omitempty"`
+	Volumes      map[string]struct{} `json:"Volumes"`
+	Healthcheck  json.RawMessage     `json:"Healthcheck,omitempty"`
+}
+
+// mergeConfig returns the config of a container created with the request
+// body over an image of config imageConfig, as dockerd makes it: the
+// request's fields, less HostConfig and NetworkingConfig, with the
+// image's user, command, entrypoint, working dir, stop signal and health
+// check where the request has none, and the image's environment, labels,
+// ports and volumes added to the request's.
+func mergeConfig(body, imageConfig json.RawMessage) (json.RawMessage, error) {
+	fields := map[string]json.RawMessage{}
+	var user mergedFields
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return nil, badRequest("invalid JSON: %v", err)
+	}
+	if err := json.Unmarshal(body, &user); err != nil {
+		return nil, badRequest("invalid config: %v", err)
+	}
+	var image struct {
+		Config mergedFields `json:"config"`
+	}
+	if err := json.Unmarshal(imageConfig, &image); err != nil {
+		return nil, fmt.Errorf("image config: %w", err)
+	}
+	img := image.Config
+	delete(fields, "HostConfig")
+	delete(fields, "NetworkingConfig")
+
+	m := user
+	m.User = cmp.Or(m.User, img.User)
+	m.WorkingDir = cmp.Or(m.WorkingDir, img.WorkingDir)
+	m.StopSignal = cmp.Or(m.StopSignal, img.StopSignal)
+	if len(m.Healthcheck) == 0 || string(m.Healthcheck) == "null" {
+		m.Healthcheck = img.Healthcheck
+	}
+	if len(m.Entrypoint) == 0 {
+		if len(m.Cmd) == 0 {
+			m.Cmd, m.Shell = img.Cmd, img.Shell
+		}
+		if m.Entrypoint == nil { // [] clears the image's
+			m.Entrypoint = img.Entrypoint
+		}
+	}
+	for _, e := range img.Env {
+		key, _, _ := strings.Cut(e, "=")
+		if !slices.ContainsFunc(m.Env, func(u string) bool { k, _, _ := strings.Cut(u, "="); return k == key }) {
+			m.Env = append(m.Env, e)
+		}
+	}
+	m.Labels = union(m.Labels, img.Labels)
+	m.ExposedPorts = union(m.ExposedPorts, img.ExposedPorts)
+	if m.Volumes = union(m.Volumes, img.Volumes); len(m.Volumes) == 0 {
+		m.Volumes = nil // dockerd shows none as null, whatever the CLI sent
+	}
+
+	merged, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(merged, &fields); err != nil {
+		return nil, err
+	}
+	return json.Marshal(fields)
+}
+
+// strSlice is a command as the Engine API takes it: a list of words, or
+// one string, which is one word.
+type strSlice []string
+
+func (s *strSlice) UnmarshalJSON(b []byte) error {
+	var word string
+	if string(b) == "null" {
+		return nil
+	}
+	if json.Unmarshal(b, &word) == nil {
+		*s = strSlice{word}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(s))
+}
+
+// union returns a with the keys of b it lacks; nil when both are empty.
+func union[V any](a, b map[string]V) map[string]V {
+	for k, v := range b {
+		if a == nil {
+			a = map[string]V{}
+		}
+		if _, ok := a[k]; !ok {
+			a[k] = v
+		}
+	}
+	return a
 }
 
 // familiar is ref as Docker names it in messages: busybox:latest; an ID

@@ -375,3 +375,57 @@ func mountsUnder(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// TestCreateConfig checks that the request's config goes over the image's
+// as dockerd merges them, and that inspect, ps and commit show it.
+func TestCreateConfig(t *testing.T) {
+	d := newCtrDaemon(t)
+	body := `{"Image":"app:1","Volumes":{},"User":"1000:1000","AttachStdout":true,"Env":["X=1"],"Cmd":["-c","true"],
+		"WorkingDir":"/srv","Entrypoint":["/bin/sh"],"Labels":{"a":"b"},"StopSignal":"SIGINT",
+		"HostConfig":{"NetworkMode":"default"},"NetworkingConfig":{}}`
+	want(t, d.do(t, "POST", "/containers/create?name=oo", strings.NewReader(body)), http.StatusCreated, nil)
+	var in struct {
+		Path   string
+		Args   []string
+		Config map[string]any
+	}
+	want(t, d.do(t, "GET", "/containers/oo/json", nil), http.StatusOK, &in)
+	cfg := in.Config
+	if in.Path != "/bin/sh" || fmt.Sprint(in.Args) != "[-c true]" || cfg["User"] != "1000:1000" || cfg["AttachStdout"] != true ||
+		fmt.Sprint(cfg["Env"]) != "[X=1]" || cfg["WorkingDir"] != "/srv" || cfg["StopSignal"] != "SIGINT" ||
+		fmt.Sprint(cfg["Labels"]) != "map[a:b tier:web]" || cfg["HostConfig"] != nil || cfg["Volumes"] != nil {
+		t.Fatalf("inspect: %+v", in)
+	}
+	var list []map[string]any
+	want(t, d.do(t, "GET", "/containers/json?all=1&filters="+urlEscape(`{"label":["a=b"]}`), nil), http.StatusOK, &list)
+	if len(list) != 1 || list[0]["Command"] != "/bin/sh -c true" {
+		t.Fatalf("ps: %v", list)
+	}
+
+	// Without them, the image's: its command, its labels.
+	want(t, d.do(t, "POST", "/containers/create?name=pp", strings.NewReader(`{"Image":"app:1","Env":null,"Cmd":null,"Entrypoint":null}`)), http.StatusCreated, nil)
+	want(t, d.do(t, "GET", "/containers/pp/json", nil), http.StatusOK, &in)
+	if in.Path != "/bin/app" || fmt.Sprint(in.Args) != "[-v]" || fmt.Sprint(in.Config["Labels"]) != "map[tier:web]" {
+		t.Fatalf("inspect: %+v", in)
+	}
+
+	// A command may come as one string: one word.
+	want(t, d.do(t, "POST", "/containers/create?name=qq", strings.NewReader(`{"Image":"app:1","Cmd":"/bin/true"}`)), http.StatusCreated, nil)
+	want(t, d.do(t, "GET", "/containers/qq/json", nil), http.StatusOK, &in)
+	if in.Path != "/bin/true" || len(in.Args) != 0 {
+		t.Fatalf("inspect: %+v", in)
+	}
+
+	var out struct {
+		ID string `json:"Id"`
+	}
+	want(t, d.do(t, "POST", "/commit?container=oo&repo=o&tag=1", nil), http.StatusCreated, &out)
+	img, err := d.s.Images().Resolve("o:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := string(img.Config); !strings.Contains(cfg, `"X=1"`) || !strings.Contains(cfg, `"StopSignal":"SIGINT"`) ||
+		!strings.Contains(cfg, `"created_by":"-c true"`) {
+		t.Fatalf("commit config: %s", cfg)
+	}
+}

@@ -45,11 +45,15 @@ func (d *Daemon) Handler() http.Handler {
 		h.Set("Server", serverHeader())
 		rec := &recorder{ResponseWriter: w}
 		if err := d.serve(rt, rec, r); err != nil {
-			if rec.status == 0 {
-				writeError(rec, err)
-			} else {
-				d.log.Error("request failed after its response started", "method", r.Method, "path", r.URL.Path, "err", err)
+			if rec.status != 0 {
+				// A tar cut short must not look whole: the client sees the
+				// connection break (JSON streams send their errors in-band
+				// and return none).
+				d.log.Error("request failed after its response started", "method", r.Method, "path", r.URL.Path,
+					"status", rec.status, "duration", time.Since(start), "bytes", rec.bytes, "err", err)
+				panic(http.ErrAbortHandler)
 			}
+			writeError(rec, err)
 		}
 		if rec.status == 0 {
 			rec.WriteHeader(http.StatusOK)

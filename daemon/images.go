@@ -322,37 +322,18 @@ func (d *Daemon) imageHistory(w http.ResponseWriter, r *http.Request, vars map[s
 	if err != nil {
 		return err
 	}
-	// As Docker does, the entries are named newest first by the image and
-	// its local parents, one each, while the parent chain lasts.
 	out := make([]historyEntry, 0, len(hist))
-	named := &img
-	for _, h := range hist {
+	for _, h := range hist { // named by the image and its local parents, as store.History does
 		e := historyEntry{ID: h.ID, CreatedBy: h.CreatedBy, Size: h.Size, Comment: h.Comment}
 		if !h.Created.IsZero() {
 			e.Created = h.Created.Unix()
 		}
-		if named != nil {
-			e.ID = named.ID.String()
-			if len(named.RepoTags) > 0 {
-				e.Tags = familiarAll(named.RepoTags)
-			}
-			named = d.parentImage(*named)
+		if len(h.Tags) > 0 {
+			e.Tags = familiarAll(h.Tags)
 		}
 		out = append(out, e)
 	}
 	return writeJSON(w, http.StatusOK, out)
-}
-
-// parentImage returns img's local parent, nil when it has none (any more).
-func (d *Daemon) parentImage(img image.Image) *image.Image {
-	if img.Parent == "" {
-		return nil
-	}
-	p, err := d.store.Images().Get(img.Parent)
-	if err != nil {
-		return nil
-	}
-	return &p
 }
 
 // tagImage is POST /images/{name}/tag?repo=&tag=: 201 with no body.

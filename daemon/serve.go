@@ -202,26 +202,48 @@ func listenUnix(path, group string) (net.Listener, error) {
 			return nil, fmt.Errorf("stale socket: %w", err)
 		}
 	}
-	l, err := net.Listen("unix", path)
+	// The socket is made under a temporary name and renamed once its owner
+	// and mode are set: clients never see it open to everyone.
+	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
+	os.Remove(tmp) // left by a daemon of this pid that died
+	l, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, err
 	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	gid := -1
 	if g, err := user.LookupGroup(group); group != "" && err == nil {
 		gid, _ = strconv.Atoi(g.Gid)
 	}
-	err = os.Chown(path, 0, gid)
+	err = os.Chown(tmp, 0, gid)
 	if os.Geteuid() != 0 {
 		err = nil // a daemon of one user keeps the socket its own
 	}
 	if err == nil {
-		err = os.Chmod(path, 0o660)
+		err = os.Chmod(tmp, 0o660)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		l.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
-	return l, nil
+	return socketListener{l, path}, nil
+}
+
+// socketListener removes its socket file when closed (under the name it
+// was renamed to, which the listener itself does not know).
+type socketListener struct {
+	net.Listener
+	path string
+}
+
+func (l socketListener) Close() error {
+	err := l.Listener.Close()
+	os.Remove(l.path)
+	return err
 }
 
 // MutualTLS is the server TLS configuration of --tlsverify: the daemon's

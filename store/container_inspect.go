@@ -126,7 +126,10 @@ func (s *Store) InspectContainer(c container.Container, size bool) (ContainerIns
 			return ContainerInspect{}, fmt.Errorf("container %s: config: %w", c.ID[:12], err)
 		}
 	}
-	cfg.Hostname, cfg.Image = c.ID[:12], c.ImageRef
+	if cfg.Hostname == "" { // docker create --hostname keeps its own
+		cfg.Hostname = c.ID[:12]
+	}
+	cfg.Image = c.ImageRef
 	if cfg.Labels == nil {
 		cfg.Labels = map[string]string{}
 	}

@@ -229,7 +229,8 @@ func (s *Store) GC() error {
 }
 
 // CreateContainer creates a container of the image imageRef names, with the
-// image config's "config" as its own, as docker create does.
+// image config's "config" as its own unless opts.Config is set, as docker
+// create does.
 func (s *Store) CreateContainer(imageRef string, opts container.CreateOptions) (container.Container, error) {
 	img, err := s.images.Resolve(imageRef)
 	if err != nil {
@@ -242,6 +243,9 @@ func (s *Store) CreateContainer(imageRef string, opts container.CreateOptions) (
 		return container.Container{}, fmt.Errorf("image %s: config: %w", img.ID, err)
 	}
 	c := container.Container{Image: img.ID, ImageRef: imageRef, Config: raw.Config}
+	if opts.Config != nil {
+		c.Config = opts.Config
+	}
 	if diffIDs := img.DiffIDs(); len(diffIDs) > 0 {
 		c.Top = layer.ChainID(diffIDs)
 		top, err := s.layers.Get(c.Top)
