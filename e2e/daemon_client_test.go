@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -335,5 +336,30 @@ func TestDaemonRawAPI(t *testing.T) {
 	resp, body := do("POST", "/v1.50/images/create?fromImage=busybox&tag=latest")
 	if resp.StatusCode != 501 || !strings.Contains(body, "not supported") {
 		t.Errorf("POST /images/create: %s %s, want 501 not supported", resp.Status, body)
+	}
+
+	// a load without -q, then the reference filter in both of its encodings
+	archive := filepath.Join(t.TempDir(), "raw.tar")
+	writeArchive(t, archive, map[string][][]byte{"raw/tiny:1": {layerTar(t, map[string]string{"f": "raw\n"})}})
+	f, err := os.Open(archive)
+	must(t, err)
+	defer f.Close()
+	load, err := hc.Post("http://strata/v1.24/images/load", "application/x-tar", f)
+	must(t, err)
+	loaded := readLoad(t, load.Body)
+	load.Body.Close()
+	if load.StatusCode != 200 || load.Header.Get("Content-Type") != "application/json" || !slices.Equal(loaded.streams, []string{"Loaded image: raw/tiny:1"}) {
+		t.Errorf("POST /images/load: %s %q %+v", load.Status, load.Header.Get("Content-Type"), loaded)
+	}
+	for _, filters := range []string{`{"reference":{"raw/tiny":true}}`, `{"reference":["raw/tiny:1"]}`, `{"reference":["raw/*"]}`} {
+		resp, body := do("GET", "/v1.24/images/json?filters="+url.QueryEscape(filters))
+		var list []struct {
+			RepoTags    []string
+			RepoDigests []string
+		}
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &list) != nil || len(list) != 1 ||
+			!slices.Equal(list[0].RepoTags, []string{"raw/tiny:1"}) || list[0].RepoDigests == nil {
+			t.Errorf("GET /images/json?filters=%s: %s %s", filters, resp.Status, body)
+		}
 	}
 }

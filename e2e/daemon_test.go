@@ -206,6 +206,12 @@ func TestDaemonCommand(t *testing.T) {
 		if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o660 {
 			t.Errorf("socket mode %v, want a socket with 0660", fi.Mode())
 		}
+		// DOCKER_HOST instead of -H
+		cmd := exec.Command(newestDocker(t), "version", "--format", "{{.Server.APIVersion}}")
+		cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+d.sock, "DOCKER_CONFIG="+dockerConfigDir(t))
+		if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "1.50" {
+			t.Errorf("docker version with DOCKER_HOST: %v %q", err, out)
+		}
 	})
 
 	t.Run("second-daemon-refused", func(t *testing.T) {
