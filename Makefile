@@ -7,7 +7,7 @@ export STRATA_TEST_IMAGES := $(IMAGES)
 # of what a `strata create` costs.
 export CGO_ENABLED := 0
 
-.PHONY: build demo test test-deps images bench bench-containers bench-daemon bench-aufs bench-btrfs bench-devicemapper
+.PHONY: build demo test test-deps images bench bench-containers bench-daemon bench-aufs bench-btrfs bench-devicemapper bench-thin
 
 build:
 	$(GO) build -o bin/strata ./cmd/strata
@@ -54,3 +54,6 @@ bench-btrfs: test-deps images build
 
 bench-devicemapper: test-deps images build
 	./bench/devicemapper.sh $(IMAGES)/app.tar
+
+bench-thin: test-deps build
+	./bench/thin.sh
