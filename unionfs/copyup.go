@@ -128,19 +128,52 @@ func copyData(src, dst string, data, sync bool) error {
 	}
 	defer in.Close()
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) != nil {
-		// io.Copy between two *os.File uses copy_file_range.
-		if _, err := io.Copy(out, in); err != nil {
+		if err := copyRange(out, in, sync); err != nil {
 			out.Close()
 			return err
 		}
 	}
-	if sync { // as kernel overlayfs syncs its copy-ups
+	// The copy is renamed into place next: synced first, as kernel
+	// overlayfs syncs its copy-ups, a crash can only leave the lower file
+	// showing or the whole copy, never a copy the rename made visible
+	// before its data reached the disk.
+	if sync {
 		if err := unix.Fdatasync(int(out.Fd())); err != nil {
 			out.Close()
 			return err
 		}
 	}
 	return out.Close()
+}
+
+// copyChunk is how much copyRange copies before it starts writing it out.
+const copyChunk = 8 << 20
+
+// copyRange copies in to out in the kernel (copy_file_range), a chunk at a
+// time; with sync, each chunk starts its write-out at once, so the disk
+// writes the copy while the rest is read and the final fdatasync waits only
+// for the last chunk. Where copy_file_range cannot copy between the two
+// files, io.Copy does.
+func copyRange(out, in *os.File, sync bool) error {
+	var off int64
+	for {
+		n, err := unix.CopyFileRange(int(in.Fd()), nil, int(out.Fd()), nil, copyChunk, 0)
+		if err != nil {
+			if off == 0 && (errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
+				_, err = io.Copy(out, in)
+			}
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		if sync {
+			if err := unix.SyncFileRange(int(out.Fd()), off, int64(n), unix.SYNC_FILE_RANGE_WRITE); err != nil {
+				return err
+			}
+		}
+		off += int64(n)
+	}
 }
 
 // copyMeta gives dst the owner, mode, xattrs and times of src: owner before

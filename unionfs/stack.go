@@ -73,7 +73,7 @@ func (s *Stack) child(dirs []int, rel string) (entry, error) {
 	e := entry{branch: -1}
 	slash := strings.LastIndexByte(rel, '/')
 	whiteout := rel[:slash+1] + whiteoutPrefix + rel[slash+1:]
-	for _, b := range dirs {
+	for i, b := range dirs {
 		p := s.Branches[b] + rel
 		var st syscall.Stat_t
 		err := syscall.Lstat(p, &st)
@@ -90,7 +90,10 @@ func (s *Stack) child(dirs []int, rel string) (entry, error) {
 			}
 			e.dirs = append(e.dirs, b)
 		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR):
-			if exists(s.Branches[b] + whiteout) {
+			// A whiteout in the last branch has nothing to hide: not
+			// looking for one spares new directories, which are in the
+			// writable branch alone, a stat per name created in them.
+			if i < len(dirs)-1 && exists(s.Branches[b]+whiteout) {
 				return e, nil
 			}
 			continue

@@ -402,3 +402,31 @@ func TestWithoutPassthrough(t *testing.T) {
 		t.Errorf("upper copy holds %q", got)
 	}
 }
+
+// TestSetattrKeepsInode checks that a change of attributes leaves the
+// union's inode number: the kernel takes the number in a SETATTR reply as
+// the inode's, and serves the cached attributes to the next stat.
+func TestSetattrKeepsInode(t *testing.T) {
+	b := branches(t, 2)
+	tree(t, b[1], map[string]string{"lower": "x"})
+	mnt := mount(t, true, b...)
+	if err := os.WriteFile(mnt+"/new", []byte("y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"lower", "new"} {
+		p := mnt + "/" + name
+		var before, after syscall.Stat_t
+		if err := syscall.Lstat(p, &before); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Lstat(p, &after); err != nil {
+			t.Fatal(err)
+		}
+		if after.Ino != before.Ino || after.Mode&0o777 != 0o600 {
+			t.Errorf("%s after chmod: inode %d mode %o, want inode %d mode 600", name, after.Ino, after.Mode&0o777, before.Ino)
+		}
+	}
+}

@@ -377,7 +377,11 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if err := syscall.Lstat(p, &st); err != nil {
 		return fs.ToErrno(err)
 	}
+	// The kernel takes the reply as the inode's new attributes, its
+	// number included; cached, they spare the GETATTR it would send next.
 	out.FromStat(&st)
+	out.Ino = n.StableAttr().Ino
+	out.SetTimeout(cacheTimeout)
 	return 0
 }
 
