@@ -139,11 +139,8 @@ func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 			return fmt.Errorf("create layer %s: %w", id, err)
 		}
 	}
-	c, err := d.client()
-	if err != nil {
-		return fmt.Errorf("create layer %s: %w", id, err)
-	}
-	err = d.withDeviceSet(func() error {
+	c := d.pool
+	err := d.withDeviceSet(func() error {
 		if d.Exists(id) {
 			return errdefs.ErrExists
 		}
@@ -232,11 +229,8 @@ func (d *Driver) checkFreeSpace(c *server.Client) (uint64, error) {
 
 // Remove deletes the layer's device, which frees its blocks in the pool.
 func (d *Driver) Remove(id string) error {
-	c, err := d.client()
-	if err != nil {
-		return fmt.Errorf("remove layer %s: %w", id, err)
-	}
-	err = d.withDeviceSet(func() error {
+	c := d.pool
+	err := d.withDeviceSet(func() error {
 		info, err := d.load(id)
 		if err != nil {
 			return err

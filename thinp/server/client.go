@@ -41,7 +41,8 @@ func CreatePool(dir string, opts thinp.Options) error {
 }
 
 // Client makes requests to the server of the pool in Dir, starting the
-// server when none runs. Its methods are dm-thin's messages and dmsetup's
+// server when one needs a device and none runs, or does them in this
+// process when they need none and no server runs. Its methods are dm-thin's messages and dmsetup's
 // commands; every change is committed before it returns.
 type Client struct{ Dir string }
 
@@ -213,6 +214,9 @@ func exchange(conn *net.UnixConn, req *request) (*reply, error) {
 }
 
 func (c *Client) call(req *request) (*reply, error) {
+	if metadataOnly(req.Op) {
+		return c.request(req)
+	}
 	conn, rep, err := c.connect(req)
 	if conn != nil {
 		conn.Close()
@@ -220,15 +224,91 @@ func (c *Client) call(req *request) (*reply, error) {
 	return rep, err
 }
 
+// metadataOnly tells whether a request needs no active device, and so no
+// server: it can be done in any process that has the pool open.
+func metadataOnly(op string) bool {
+	switch op {
+	case opCreate, opSnap, opDelete, opDeactivate, opStatus, opUsage, opGrow:
+		return true
+	}
+	return false
+}
+
+// request does a metadataOnly request in this process when no server runs,
+// which saves starting one (a process and a FUSE mount) for a snapshot, and
+// otherwise sends it to the server, which alone may change the pool while
+// it runs. While the lock is held and no server answers, a server is
+// starting or closing, or another client has the pool: it waits.
+func (c *Client) request(req *request) (*reply, error) {
+	if err := c.checkPool(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(time.Minute)
+	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
+		rep, done, err := c.inProcess(req)
+		if done {
+			return rep, err
+		}
+		if conn, err := c.dial(); err == nil {
+			rep, err := exchange(conn, req)
+			conn.Close()
+			if !errors.Is(err, errNoReply) {
+				return rep, err
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("thin pool %s: held by a process that does not answer: %w", c.Dir, errdefs.ErrInUse)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// inProcess opens the pool, does req, commits and closes the pool, all
+// holding the pool's lock; done is false, with nothing done, when another
+// process holds the lock. A server starting meanwhile finds the lock taken
+// and is started again by its client until it gets it, so that a running
+// server has seen every change to the pool.
+func (c *Client) inProcess(req *request) (rep *reply, done bool, err error) {
+	lock, err := os.OpenFile(filepath.Join(c.Dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, true, err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, true, err
+	}
+	if req.Op == opDeactivate { // only a server has active devices
+		return &reply{}, true, fmt.Errorf("device %d is not active: %w", req.ID, errdefs.ErrNotFound)
+	}
+	pool, err := thinp.Open(filepath.Join(c.Dir, MetadataFile), filepath.Join(c.Dir, DataFile))
+	if err != nil {
+		return nil, true, fmt.Errorf("thin pool %s: %w", c.Dir, err)
+	}
+	s := &server{dir: c.Dir, pool: pool, active: map[uint32]*device{}}
+	rep, err = s.do(req)
+	rep.Pid = 0 // no server runs
+	return rep, true, errors.Join(err, pool.Close())
+}
+
+func (c *Client) checkPool() error {
+	if _, err := os.Stat(filepath.Join(c.Dir, MetadataFile)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no thin pool in %s (strata thin pool create): %w", c.Dir, errdefs.ErrNotFound)
+		}
+		return err
+	}
+	return nil
+}
+
 // connect sends req to the server, starting one if none answers, and
 // returns the open connection with the reply. A server answers one request
 // at a time and exits after the last deactivation, so a request can meet a
 // server on its way out: it is sent again to a new one.
 func (c *Client) connect(req *request) (*net.UnixConn, *reply, error) {
-	if _, err := os.Stat(filepath.Join(c.Dir, MetadataFile)); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, fmt.Errorf("no thin pool in %s (strata thin pool create): %w", c.Dir, errdefs.ErrNotFound)
-		}
+	if err := c.checkPool(); err != nil {
 		return nil, nil, err
 	}
 	deadline := time.Now().Add(time.Minute)

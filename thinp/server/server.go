@@ -6,15 +6,18 @@
 // attaches a loop device (direct I/O) to that file. A flush of the loop
 // device arrives as FSYNC and commits the pool; a discard arrives as a
 // hole punch and unmaps blocks. Other processes talk to the server through
-// a control socket (Client); the first request starts it, and it exits as
-// soon as no device is active and no client holds it (Client.Hold), so an
-// idle pool has no process.
+// a control socket (Client); the first request that needs a device
+// (Activate, Hold, Check) starts it, and it exits as soon as no device is
+// active and no client holds it (Client.Hold), so an idle pool has no
+// process. Requests that need none, such as a snapshot, are done by the
+// client itself when no server runs, holding the lock as a server would.
 //
 // The pool directory:
 //
 //	metadata       dm-thin metadata (package thinp; and metadata.sizes)
 //	data           data blocks (package thinp)
-//	lock           flocked by the server for its life: one server per pool
+//	lock           flocked by whoever has the pool open: the server for its
+//	               life, or a client for one request (Client.inProcess)
 //	control.sock   the control socket: one JSON request and reply per connection
 //	dev/           the FUSE mount: one file per active device, named by its id
 //	server.log     the server's stderr (start-up and shut-down failures only)
@@ -247,6 +250,16 @@ func (s *server) close() error {
 }
 
 func (s *server) handle(req *request) *reply {
+	rep, err := s.do(req)
+	if err != nil {
+		rep.Error, rep.Kind = errdefs.Message(err), kindOf(err)
+	}
+	return rep
+}
+
+// do carries out req. Without a device file system (s.fs), as in
+// Client.inProcess, it must be a metadataOnly request.
+func (s *server) do(req *request) (*reply, error) {
 	var rep reply
 	var err error
 	switch req.Op {
@@ -273,10 +286,7 @@ func (s *server) handle(req *request) *reply {
 	default:
 		err = fmt.Errorf("%w: unknown request %q", errdefs.ErrInvalid, req.Op)
 	}
-	if err != nil {
-		rep.Error, rep.Kind = errdefs.Message(err), kindOf(err)
-	}
-	return &rep
+	return &rep, err
 }
 
 func (s *server) commitAfter(err error) error {
