@@ -12,7 +12,6 @@ import (
 
 	"github.com/strata-storage/strata/archive"
 	"github.com/strata-storage/strata/unionfs"
-	"golang.org/x/sys/unix"
 )
 
 // native returns the layer when parent is its own parent, so that the diff
@@ -164,7 +163,7 @@ func (w *diffWalk) dir(rel string) error {
 			}
 			continue
 		}
-		same, err := sameEntry(lower, full)
+		same, err := archive.SameEntry(lower, full)
 		if err != nil {
 			return err
 		}
@@ -215,39 +214,4 @@ func (w *diffWalk) hidden(p, full string) error {
 		}
 	}
 	return nil
-}
-
-// sameEntry reports whether the entry at full is the parents' one at lower
-// unchanged: type, mode, owner, device, xattrs and, for a non-directory,
-// mtime, size, link target and content (read only when all else is equal:
-// a copy-up for a hard link or a chmod back).
-func sameEntry(lower, full string) (bool, error) {
-	var a, b unix.Stat_t
-	if err := unix.Lstat(lower, &a); err != nil {
-		return false, os.NewSyscallError("lstat", err)
-	}
-	if err := unix.Lstat(full, &b); err != nil {
-		return false, os.NewSyscallError("lstat", err)
-	}
-	if a.Mode != b.Mode || a.Uid != b.Uid || a.Gid != b.Gid || a.Rdev != b.Rdev {
-		return false, nil
-	}
-	if a.Mode&unix.S_IFMT != unix.S_IFDIR && (a.Mtim != b.Mtim || a.Size != b.Size) {
-		return false, nil
-	}
-	if same, err := archive.SameXattrs(lower, full); err != nil || !same {
-		return false, err
-	}
-	switch a.Mode & unix.S_IFMT {
-	case unix.S_IFLNK:
-		la, err := os.Readlink(lower)
-		if err != nil {
-			return false, err
-		}
-		lb, err := os.Readlink(full)
-		return la == lb, err
-	case unix.S_IFREG:
-		return archive.SameContent(lower, full)
-	}
-	return true, nil
 }

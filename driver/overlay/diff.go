@@ -157,7 +157,7 @@ func (w *upperWalk) dir(rel string) error {
 			}
 			continue
 		}
-		same, err := sameEntry(lower, full)
+		same, err := archive.SameEntry(lower, full)
 		if err != nil {
 			return err
 		}
@@ -202,41 +202,6 @@ func (w *upperWalk) hidden(p, full string) error {
 		}
 	}
 	return nil
-}
-
-// sameEntry reports whether the upper entry at full is the lower one at
-// lower unchanged: type, mode, owner, device, image xattrs and, for a
-// non-directory, mtime, size, link target and content. Content is compared
-// only when all else is equal, which is rare: a copy-up for a hard link.
-func sameEntry(lower, full string) (bool, error) {
-	var a, b unix.Stat_t
-	if err := unix.Lstat(lower, &a); err != nil {
-		return false, os.NewSyscallError("lstat", err)
-	}
-	if err := unix.Lstat(full, &b); err != nil {
-		return false, os.NewSyscallError("lstat", err)
-	}
-	if a.Mode != b.Mode || a.Uid != b.Uid || a.Gid != b.Gid || a.Rdev != b.Rdev {
-		return false, nil
-	}
-	if a.Mode&unix.S_IFMT != unix.S_IFDIR && (a.Mtim != b.Mtim || a.Size != b.Size) {
-		return false, nil
-	}
-	if same, err := archive.SameXattrs(lower, full); err != nil || !same {
-		return false, err
-	}
-	switch a.Mode & unix.S_IFMT {
-	case unix.S_IFLNK:
-		la, err := os.Readlink(lower)
-		if err != nil {
-			return false, err
-		}
-		lb, err := os.Readlink(full)
-		return la == lb, err
-	case unix.S_IFREG:
-		return archive.SameContent(lower, full)
-	}
-	return true, nil
 }
 
 // union answers what the stack of lower dirs (nearest first) shows, as

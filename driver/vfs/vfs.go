@@ -52,6 +52,7 @@ type Driver struct {
 	mounts  *driver.Mounts
 	reflink bool
 	held    *driver.Root // d.mounts is held.Mounts
+	refs    driver.Unmounted
 
 	mu     sync.Mutex // serializes Create and Remove
 	method copyMethod // guarded by mu
@@ -76,6 +77,7 @@ func New(root string, options map[string]string) (driver.Driver, error) {
 		return nil, err
 	}
 	d.held, d.mounts = held, held.Mounts
+	d.refs = driver.NewUnmounted(d.mounts, d.dir, d.Exists)
 	d.reflink = probeReflink(filepath.Join(root, "dir"))
 	if !d.reflink {
 		d.method = copyRange
@@ -261,50 +263,15 @@ func (d *Driver) Remove(id string) error {
 	})
 }
 
-// Get returns the layer's directory; nothing is mounted, but references
-// are still counted so that Remove refuses a layer in use.
-func (d *Driver) Get(id, mountLabel string) (string, error) {
-	if err := d.mounts.Acquire(id, d.checkExists(id)); err != nil {
-		return "", fmt.Errorf("get layer %s: %w", id, err)
-	}
-	return d.dir(id), nil
-}
-
-func (d *Driver) Put(id string) error {
-	return d.mounts.Release(id, func() error { return nil })
-}
-
-// Pin is Get with a reference that outlives this process.
-func (d *Driver) Pin(id, mountLabel string) (string, error) {
-	if err := d.mounts.Pin(id, d.checkExists(id)); err != nil {
-		return "", fmt.Errorf("pin layer %s: %w", id, err)
-	}
-	return d.dir(id), nil
-}
-
-func (d *Driver) Unpin(id string) error {
-	return d.mounts.Unpin(id, func() error { return nil })
-}
-
-func (d *Driver) Mounted(id string) (int, error) {
-	if !d.Exists(id) {
-		return 0, fmt.Errorf("layer %s: %w", id, errdefs.ErrNotFound)
-	}
-	return d.mounts.Count(id)
-}
-
-// checkExists is what stands for a mount: under the layer's lock, so that
-// a reference is never taken on a layer being removed.
-func (d *Driver) checkExists(id string) func() error {
-	return func() error {
-		if !d.Exists(id) {
-			return errdefs.ErrNotFound
-		}
-		return nil
-	}
-}
-
 func unmountNothing(string) error { return nil }
+
+// Get returns the layer's directory; nothing is mounted, but references
+// are counted (driver.Unmounted) so that Remove refuses a layer in use.
+func (d *Driver) Get(id, mountLabel string) (string, error) { return d.refs.Get(id, mountLabel) }
+func (d *Driver) Put(id string) error                       { return d.refs.Put(id) }
+func (d *Driver) Pin(id, mountLabel string) (string, error) { return d.refs.Pin(id, mountLabel) }
+func (d *Driver) Unpin(id string) error                     { return d.refs.Unpin(id) }
+func (d *Driver) Mounted(id string) (int, error)            { return d.refs.Mounted(id) }
 
 func (d *Driver) Exists(id string) bool {
 	if driver.ValidID(id) != nil {
