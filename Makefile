@@ -35,7 +35,7 @@ images: test-deps
 
 test: test-deps images build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 80m ./...
+	./scripts/test.sh
 
 bench: test-deps images build
 	./bench/load.sh $(IMAGES)/app.tar
