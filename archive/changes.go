@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -222,6 +225,43 @@ func ChangesSize(dir string, changes []Change) (int64, error) {
 		size += st.Size
 	}
 	return size, nil
+}
+
+// DirSize returns the bytes of the tree at dir as Docker counts a layer's
+// size: the lstat size of every entry but directories, each inode once.
+// Entries for which skip (if not nil) is true are left out, a directory
+// with all it holds.
+func DirSize(dir string, skip func(p string, e fs.DirEntry) bool) (int64, error) {
+	var size int64
+	seen := make(map[uint64]bool)
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if skip != nil && skip(p, e) {
+			if e.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if e.IsDir() {
+			return nil
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Nlink > 1 {
+			if seen[st.Ino] {
+				return nil
+			}
+			seen[st.Ino] = true
+		}
+		size += fi.Size()
+		return nil
+	})
+	return size, err
 }
 
 // fileID identifies an inode, to recognise hard links.

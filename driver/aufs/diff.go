@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/strata-storage/strata/archive"
 	"github.com/strata-storage/strata/unionfs"
@@ -71,36 +70,10 @@ func (d *Driver) DiffSize(id, parent string) (int64, error) {
 		return d.naive.DiffSize(id, parent)
 	}
 	root := l.branches[0]
-	var size int64
-	seen := map[uint64]bool{}
-	err = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if filepath.Dir(p) == root && strings.HasPrefix(e.Name(), ".wh..wh.") && e.Name() != unionfs.OpaqueMarker {
-			if e.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if e.IsDir() {
-			return nil
-		}
-		fi, err := e.Info()
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Nlink > 1 {
-			if seen[st.Ino] {
-				return nil
-			}
-			seen[st.Ino] = true
-		}
-		size += fi.Size()
-		return nil
+	// aufs's own files at the top (.wh..wh.plnk, ...) are not content.
+	return archive.DirSize(root, func(p string, e fs.DirEntry) bool {
+		return filepath.Dir(p) == root && strings.HasPrefix(e.Name(), ".wh..wh.") && e.Name() != unionfs.OpaqueMarker
 	})
-	return size, err
 }
 
 // Changes walks diff/<id> only: a whiteout is a deletion, an entry the

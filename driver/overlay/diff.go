@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/strata-storage/strata/archive"
 	"golang.org/x/sys/unix"
@@ -73,27 +72,7 @@ func (d *Driver) DiffSize(id, parent string) (int64, error) {
 	if !ok {
 		return d.naive.DiffSize(id, parent)
 	}
-	var size int64
-	seen := map[uint64]bool{}
-	err = filepath.WalkDir(l.diff, func(p string, e fs.DirEntry, err error) error {
-		if err != nil || e.IsDir() {
-			return err
-		}
-		fi, err := e.Info()
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Nlink > 1 {
-			if seen[st.Ino] {
-				return nil
-			}
-			seen[st.Ino] = true
-		}
-		size += fi.Size()
-		return nil
-	})
-	return size, err
+	return archive.DirSize(l.diff, nil)
 }
 
 // Changes walks the diff dir only: a whiteout is a deletion, an entry the
