@@ -164,7 +164,8 @@ func (s *Store) create(c Container, storageOpt map[string]string) (Container, er
 	if err == nil {
 		err = s.createLayers(c, fresh, &driver.CreateOpts{StorageOpt: storageOpt})
 	}
-	if err == nil { // the layers are durable before the record names them
+	// The layers are durable before the record names them.
+	if err == nil && (fresh || !s.driver.Capabilities().DurableReadWrite) {
 		err = driver.SyncFS(s.driverRoot)
 	}
 	if err == nil {

@@ -27,6 +27,12 @@ type Capabilities struct {
 	// so a child may be created and applied while its parent is still being
 	// applied (overlay writes into its own upper dir; vfs copies the parent).
 	ParallelApply bool
+	// DurableReadWrite is true when CreateReadWrite returns a layer that is
+	// already durable, made so at a cost that does not grow with the other
+	// writers of the file system (a few fsyncs, a pool commit, a btrfs
+	// snapshot's own commit); otherwise the caller makes it durable with
+	// SyncFS before it records the layer.
+	DurableReadWrite bool
 }
 
 // ProtoDriver is the seed's graph driver, brought up to date.
@@ -38,7 +44,8 @@ type ProtoDriver interface {
 	// durable with one SyncFS of the driver root before it records the
 	// layer anywhere, and removes what it never recorded after a crash.
 	Create(id, parent string, opts *CreateOpts) error
-	// CreateReadWrite makes a read-write (container) layer.
+	// CreateReadWrite makes a read-write (container) layer, durable on
+	// return when Capabilities().DurableReadWrite.
 	CreateReadWrite(id, parent string, opts *CreateOpts) error
 	// Remove deletes a layer; it fails with errdefs.ErrInUse while the layer
 	// has children or is mounted.

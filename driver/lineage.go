@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/strata-storage/strata/errdefs"
 )
 
@@ -38,7 +36,7 @@ func (l Lineage) Adopt(parent, child string) error {
 	if err != nil {
 		return err
 	}
-	return f.Close() // made durable by the SyncFS that completes the child
+	return f.Close() // made durable by the SyncFS or Fsync that completes the child
 }
 
 // Disown drops the marker of child under parent. Call it once child is gone.
@@ -109,18 +107,6 @@ func SyncWriteFile(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-// SyncFS flushes the whole file system holding path: one syncfs makes a new
-// layer's files and directories durable at once, where an fsync of each
-// would cost a journal commit apiece.
-func SyncFS(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
 }
 
 // ValidID fails with errdefs.ErrInvalid for ids that cannot name a directory

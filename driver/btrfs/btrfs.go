@@ -208,7 +208,7 @@ func (d *Driver) create(id, parent string, opts *driver.CreateOpts, writable boo
 		os.RemoveAll(d.metaDir(".tmp-" + id))
 		return fmt.Errorf("create layer %s: %w", id, err)
 	}
-	return nil // durable at the caller's SyncFS, see driver.ProtoDriver.Create
+	return nil // a read-only layer is durable at the caller's SyncFS, see driver.ProtoDriver.Create
 }
 
 // sizeLimit returns the size limit asked for a new layer, 0 for none.
@@ -252,6 +252,13 @@ func (d *Driver) build(id, parent string, size uint64, writable bool) error {
 	if err := driver.WriteParent(tmpMeta, parent); err != nil {
 		return err
 	}
+	if writable && parent != "" {
+		// The snapshot below commits a transaction, which makes every
+		// entry made here durable, but not file data: that needs an fsync.
+		if err := driver.Fsync(filepath.Join(tmpMeta, "parent")); err != nil {
+			return err
+		}
+	}
 	if !writable {
 		if err := os.WriteFile(filepath.Join(tmpMeta, committedMarker), nil, 0o600); err != nil {
 			return err
@@ -275,9 +282,15 @@ func (d *Driver) build(id, parent string, size uint64, writable bool) error {
 		}
 	}
 	if size > 0 {
-		return limitSubvolume(dir, size)
+		if err := limitSubvolume(dir, size); err != nil {
+			return err
+		}
 	}
-	return nil
+	if writable && (parent == "" || size > 0) {
+		// A new subvolume or a qgroup limit waits for the next commit.
+		return driver.SyncFS(d.root)
+	}
+	return nil // a snapshot's ioctl commits (Capabilities)
 }
 
 // committedMarker in meta/<id> marks a layer made by Create.
@@ -352,9 +365,10 @@ func (d *Driver) Metadata(id string) (map[string]string, error) {
 }
 
 // Capabilities: a child is a snapshot of its parent, so the parent must be
-// complete first.
+// complete first; the snapshot ioctl commits a transaction, which makes a
+// read-write layer durable at once.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{ParallelApply: false}
+	return driver.Capabilities{ParallelApply: false, DurableReadWrite: true}
 }
 
 // Cleanup releases this process's references (btrfs mounts nothing) and

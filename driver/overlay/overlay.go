@@ -259,7 +259,22 @@ func (d *Driver) stage(tmp, id, parent, lower string, rw bool) error {
 		os.Remove(filepath.Join(links, link))
 		return err
 	}
-	return nil // durable at the caller's SyncFS, see driver.ProtoDriver.Create
+	if !rw {
+		return nil // durable at the caller's SyncFS, see driver.ProtoDriver.Create
+	}
+	return d.fsync(id, parent)
+}
+
+// fsync makes a new read-write layer durable (Capabilities): what stage
+// wrote, the entries naming it, and its parent's marker of it.
+func (d *Driver) fsync(id, parent string) error {
+	dir := d.dir(id)
+	paths := []string{filepath.Join(dir, "link"), filepath.Join(dir, "diff")}
+	if parent != "" {
+		paths = append(paths, filepath.Join(dir, "lower"), filepath.Join(dir, "parent"),
+			filepath.Join(dir, "work"), filepath.Join(d.dir(parent), "children"))
+	}
+	return driver.Fsync(append(paths, dir, filepath.Join(d.root, linkDir), d.root)...)
 }
 
 // newLink returns a random 26-character short link name.
@@ -474,9 +489,11 @@ func (d *Driver) Metadata(id string) (map[string]string, error) {
 	return m, nil
 }
 
-// Capabilities: ApplyDiff writes only the layer's own diff dir.
+// Capabilities: ApplyDiff writes only the layer's own diff dir, and a
+// read-write layer is a handful of entries, cheaper to fsync one by one than
+// to wait for a syncfs of the file system.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{ParallelApply: true}
+	return driver.Capabilities{ParallelApply: true, DurableReadWrite: true}
 }
 
 // Cleanup releases this process's Get references, unmounting what no
