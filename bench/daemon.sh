@@ -6,6 +6,9 @@
 #   create   `docker create base:1`, N times each (default 20), alternating;
 #            `docker version` against strata too, the floor the CLI's own
 #            start sets
+#   api      create and rm of base:1 through the Engine API with the moby Go
+#            client (bench/apitime), N each, alternating: the storage
+#            engines without the CLI's start
 #   load     `docker load -i app.tar`, RUNS times each (default 3), alternating,
 #            after an rmi of app:1, a sync and a dropped page cache; timed
 #            until the layers are on disk (a sync after it, for both)
@@ -20,6 +23,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
 STRATA=${STRATA:-$work/strata-bin}
 [ -x "$STRATA" ] || go build -o "$STRATA" ./cmd/strata
+go build -o "$work/apitime" ./bench/apitime
 DOCKER=${DOCKER:-/usr/bin/docker}; [ -x "$DOCKER" ] || DOCKER=$(command -v docker)
 dsock=$work/docker.sock
 ssock=$work/strata.sock
@@ -67,6 +71,8 @@ for i in $(seq "$N"); do
   timed strata.version "${S[@]}" version
 done
 
+"$work/apitime" -docker "$dsock" -strata "$ssock" -image base:1 -n "$N" >"$work/api"
+
 # load: each run starts without app:1 and with a cold cache
 for i in $(seq "$RUNS"); do
   for side in docker strata; do
@@ -88,5 +94,10 @@ if (($(echo "$s > $f" | bc))); then
   printf '(the CLI alone, `docker version` against strata: %.1f ms; create less that: %.1fx faster)\n' "$f" \
     "$(echo "($d - $f) / ($s - $f)" | bc -l)"
 fi
+# api-create and api-rm against issue 3's targets for create and rm
+awk '$1 ~ /^api-/ {
+  t = ($1 == "api-create") ? 20 : 10
+  printf "%-10s %9.2f ms %9.2f ms %9.1fx   faster, target >= %dx %s\n", $1, $2, $4, $6, t, ($6 + 0 >= t) ? "ok" : "MISSED"
+}' "$work/api"
 d=$(median docker.load); s=$(median strata.load); r=$(echo "$s / $d" | bc -l)
 printf '%-8s %9.1f ms %9.1f ms %9.2fx   of dockerd, target <= 0.4x %s\n' load "$d" "$s" "$r" "$( (($(echo "$r <= 0.4" | bc))) && echo ok || echo MISSED)"
