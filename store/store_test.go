@@ -17,7 +17,7 @@ import (
 	"github.com/strata-storage/strata/layer"
 )
 
-func openStore(t *testing.T, root string) *Store {
+func openStore(t testing.TB, root string) *Store {
 	t.Helper()
 	s, err := Open(Options{Root: root, Driver: "vfs"})
 	if err != nil {
@@ -28,7 +28,7 @@ func openStore(t *testing.T, root string) *Store {
 }
 
 // layerTar is a one-file layer tar; name makes it unique.
-func layerTar(t *testing.T, name string) []byte {
+func layerTar(t testing.TB, name string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -42,7 +42,7 @@ func layerTar(t *testing.T, name string) []byte {
 
 // addImage registers layers named by files (base first) and creates an
 // image of them tagged refs, as a loader does.
-func addImage(t *testing.T, s *Store, files []string, refs ...string) (digest.Digest, []digest.Digest) {
+func addImage(t testing.TB, s *Store, files []string, refs ...string) (digest.Digest, []digest.Digest) {
 	t.Helper()
 	lease, err := s.Layers().NewLease()
 	if err != nil {
