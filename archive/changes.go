@@ -142,13 +142,23 @@ func (c comparer) sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool,
 	if old.Mode != st.Mode || old.Uid != st.Uid || old.Gid != st.Gid || old.Rdev != st.Rdev {
 		return false, nil
 	}
+	// The parent's inode in a snapshot (btrfs, thin devices), untouched
+	// since: every change of content, xattrs or metadata moves the ctime,
+	// which no one can set back, so there is nothing more to compare.
+	untouched := old.Ino == st.Ino && old.Ctim == st.Ctim
 	if isDir(st) {
 		// Adding or removing an entry moves a directory's times; that shows
 		// as the change of the entry, and of the directory as its parent.
+		if untouched {
+			return true, nil
+		}
 		return SameXattrs(oldPath, newPath)
 	}
 	if old.Mtim != st.Mtim {
 		return false, nil
+	}
+	if untouched && old.Size == st.Size {
+		return true, nil
 	}
 	snapshotTouched := old.Ino == st.Ino && old.Ctim != st.Ctim              // the parent's inode, changed since
 	copyTouched := c.since != (unix.Timespec{}) && !before(st.Ctim, c.since) // changed since the copy
