@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -362,4 +363,39 @@ func TestDecompressStream(t *testing.T) {
 			t.Errorf("got %q %v %v", b, c, err)
 		}
 	})
+}
+
+// TestChangesWideTree compares a tree of many directories, which Changes
+// walks several at a time: the list is the same whatever the order the
+// directories were compared in, parents of deep changes included.
+func TestChangesWideTree(t *testing.T) {
+	parent, layer := t.TempDir(), t.TempDir()
+	for i := range 64 {
+		dir := filepath.Join(parent, fmt.Sprintf("d%02d/sub/leaf", i))
+		mustDo(t, os.MkdirAll(dir, 0o755))
+		mustDo(t, os.WriteFile(filepath.Join(dir, "f"), []byte("f"), 0o644))
+	}
+	var tree bytes.Buffer
+	mustDo(t, WriteDir(&tree, parent, WriteOptions{}))
+	_, err := Apply(layer, bytes.NewReader(tree.Bytes()), ApplyOptions{})
+	mustDo(t, err)
+	mustDo(t, os.WriteFile(filepath.Join(layer, "d07/sub/leaf/f"), []byte("changed"), 0o644))
+	mustDo(t, os.RemoveAll(filepath.Join(layer, "d30/sub/leaf")))
+	mustDo(t, os.WriteFile(filepath.Join(layer, "d63/sub/new"), nil, 0o644))
+	want := []string{
+		"C /d07", "C /d07/sub", "C /d07/sub/leaf", "C /d07/sub/leaf/f",
+		"C /d30", "C /d30/sub", "D /d30/sub/leaf",
+		"C /d63", "C /d63/sub", "A /d63/sub/new",
+	}
+	for range 5 {
+		changes, err := Changes(parent, layer)
+		mustDo(t, err)
+		var got []string
+		for _, c := range changes {
+			got = append(got, c.Kind.String()+" "+c.Path)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("Changes =\n%q\nwant\n%q", got, want)
+		}
+	}
 }

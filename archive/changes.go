@@ -8,9 +8,12 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,24 +42,73 @@ func Changes(parentDir, dir string) ([]Change, error) {
 // is not before since was changed after the copy. That catches a rewrite
 // that kept size and mtime, which no comparison of the trees can.
 func ChangesSince(parentDir, dir string, since time.Time) ([]Change, error) {
-	var changes []Change
-	var cmp comparer
+	c := comparer{sem: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	if !since.IsZero() {
-		cmp.since = unix.NsecToTimespec(since.UnixNano())
+		c.since = unix.NsecToTimespec(since.UnixNano())
 	}
-	if err := cmp.dirs(parentDir, dir, "", &changes); err != nil {
-		return nil, fmt.Errorf("changes of %s: %w", dir, err)
+	c.walk(parentDir, dir, "")
+	c.wg.Wait()
+	if c.err != nil {
+		return nil, fmt.Errorf("changes of %s: %w", dir, c.err)
 	}
+	changes := withParents(c.changes)
 	slices.SortFunc(changes, func(a, b Change) int { return strings.Compare(a.Path, b.Path) })
 	return changes, nil
 }
 
-// comparer compares two trees; since is ChangesSince's, zero for none.
-type comparer struct{ since unix.Timespec }
+// comparer compares two trees, a few directories at a time: a tree of many
+// small files costs two lstats per file, which the kernel serves in
+// parallel. since is ChangesSince's, zero for none.
+type comparer struct {
+	since unix.Timespec
+	sem   chan struct{} // a slot per directory compared on a goroutine of its own
+	wg    sync.WaitGroup
 
-// dirs compares the directory rel ("" or "/a/b") of both trees;
-// parentDir is "" when the parent tree has no such directory.
-func (c comparer) dirs(parentDir, dir, rel string, changes *[]Change) error {
+	mu      sync.Mutex
+	changes []Change
+	err     error
+}
+
+// walk compares the directory rel of both trees, on a goroutine of its own
+// when a slot is free.
+func (c *comparer) walk(parentDir, dir, rel string) {
+	select {
+	case c.sem <- struct{}{}:
+		c.wg.Go(func() {
+			defer func() { <-c.sem }()
+			c.dirs(parentDir, dir, rel)
+		})
+	default:
+		c.dirs(parentDir, dir, rel)
+	}
+}
+
+// dirs compares the directory rel ("" or "/a/b") of both trees and walks
+// the directories in it; parentDir is "" when the parent tree has no such
+// directory.
+func (c *comparer) dirs(parentDir, dir, rel string) {
+	var changes []Change
+	err := c.entries(parentDir, dir, rel, &changes)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.changes = append(c.changes, changes...)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+}
+
+func (c *comparer) failed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
+}
+
+// entries compares the entries of the directory rel, adds their changes to
+// changes and walks their subdirectories.
+func (c *comparer) entries(parentDir, dir, rel string, changes *[]Change) error {
+	if c.failed() {
+		return nil
+	}
 	names, err := readNames(dir + rel)
 	if err != nil {
 		return err
@@ -80,9 +132,7 @@ func (c comparer) dirs(parentDir, dir, rel string, changes *[]Change) error {
 		if !inParent[name] {
 			*changes = append(*changes, Change{Path: p, Kind: ChangeAdd})
 			if isDir(&st) {
-				if err := c.dirs("", dir, p, changes); err != nil {
-					return err
-				}
+				c.walk("", dir, p)
 			}
 			continue
 		}
@@ -104,21 +154,30 @@ func (c comparer) dirs(parentDir, dir, rel string, changes *[]Change) error {
 			if !isDir(&old) {
 				lower = ""
 			}
-			before := len(*changes)
-			if err := c.dirs(lower, dir, p, changes); err != nil {
-				return err
-			}
-			// A directory holding changes is changed too, as docker diff
-			// reports it: its entry carries the permissions to restore.
-			if same && len(*changes) > before {
-				*changes = append(*changes, Change{Path: p, Kind: ChangeModify})
-			}
+			c.walk(lower, dir, p)
 		}
 	}
 	for name := range inParent {
 		*changes = append(*changes, Change{Path: rel + "/" + name, Kind: ChangeDelete})
 	}
 	return nil
+}
+
+// withParents adds to changes the directories holding a change that are
+// not changes themselves, as modified, as docker diff reports them: such a
+// directory's entry carries the permissions to restore.
+func withParents(changes []Change) []Change {
+	listed := make(map[string]bool, len(changes))
+	for _, ch := range changes {
+		listed[ch.Path] = true
+	}
+	for _, ch := range changes {
+		for dir := path.Dir(ch.Path); dir != "/" && !listed[dir]; dir = path.Dir(dir) {
+			listed[dir] = true
+			changes = append(changes, Change{Path: dir, Kind: ChangeModify})
+		}
+	}
+	return changes
 }
 
 func readNames(dir string) ([]string, error) {
@@ -138,7 +197,7 @@ func isDir(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
 // sameFile reports whether the file at newPath has the metadata of the one
 // at oldPath, as Changes defines it.
-func (c comparer) sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool, error) {
+func (c *comparer) sameFile(oldPath, newPath string, old, st *unix.Stat_t) (bool, error) {
 	if old.Mode != st.Mode || old.Uid != st.Uid || old.Gid != st.Gid || old.Rdev != st.Rdev {
 		return false, nil
 	}
