@@ -81,6 +81,26 @@ func futimens(fd int, hdr *tar.Header) error {
 	return nil
 }
 
+// fdReader reads a file descriptor without the poller, whose registration
+// costs an os.File a few syscalls per open: a layer of small files is
+// mostly opens.
+type fdReader int
+
+func (r fdReader) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(r), b)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, os.NewSyscallError("read", err)
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
 // fdWriter writes to a file descriptor without the poller and the
 // ReadFrom fast paths of os.File, which would bypass the copy buffer.
 type fdWriter int

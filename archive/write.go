@@ -207,12 +207,12 @@ func (tw *tarWriter) writeFile(full, name string, st *unix.Stat_t) error {
 	if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
 		return nil
 	}
-	f, err := os.Open(full)
+	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return os.NewSyscallError("open "+full, err)
 	}
-	defer f.Close()
-	n, err := io.CopyBuffer(tw, io.LimitReader(f, hdr.Size), tw.buf)
+	defer unix.Close(fd)
+	n, err := io.CopyBuffer(tw, io.LimitReader(fdReader(fd), hdr.Size), tw.buf)
 	if err == nil && n != hdr.Size {
 		err = fmt.Errorf("%s shrank while it was written", full)
 	}
