@@ -267,12 +267,12 @@ func TestRmiInUse(t *testing.T) {
 		c := create(t, s, "app:1", "")
 		short := id.Encoded()[:12]
 
-		_, err := s.RemoveImage("app:1", false)
+		_, err := s.RemoveImage("app:1", store.RemoveImageOptions{})
 		want := `conflict: unable to remove repository reference "app:1" (must force) - container ` + c.ID[:12] + ` is using its referenced image ` + short
 		if !errors.Is(err, errdefs.ErrInUse) || errdefs.Message(err) != want {
 			t.Errorf("rmi tag: %v\nwant %s", err, want)
 		}
-		_, err = s.RemoveImage(short, false)
+		_, err = s.RemoveImage(short, store.RemoveImageOptions{})
 		want = "conflict: unable to delete " + short + " (must be forced) - image is being used by stopped container " + c.ID[:12]
 		if !errors.Is(err, errdefs.ErrInUse) || errdefs.Message(err) != want {
 			t.Errorf("rmi ID: %v\nwant %s", err, want)
@@ -285,11 +285,11 @@ func TestRmiInUse(t *testing.T) {
 		if err := s.Images().Tag(id, "app:2"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.RemoveImage("app:2", false); err != nil {
+		if _, err := s.RemoveImage("app:2", store.RemoveImageOptions{}); err != nil {
 			t.Errorf("rmi of a second tag: %v", err)
 		}
 
-		removed, err := s.RemoveImage("app:1", true)
+		removed, err := s.RemoveImage("app:1", store.RemoveImageOptions{Force: true})
 		if err != nil {
 			t.Fatal(err)
 		}

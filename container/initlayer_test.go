@@ -68,7 +68,7 @@ func TestInitLayerCache(t *testing.T) {
 		}
 
 		removeAll()
-		if _, err := s.RemoveImage("distro", false); err != nil {
+		if _, err := s.RemoveImage("distro", store.RemoveImageOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.Containers().Recover(); err != nil {

@@ -391,15 +391,14 @@ type removed struct {
 	Deleted  string `json:"Deleted,omitempty"`
 }
 
-// removeImage is rmi. noprune is accepted and has no effect: strata
-// collects the layers no image holds, and keeps parent images, which
-// are images of their own.
+// removeImage is rmi.
 func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request, vars map[string]string) error {
 	ref := vars["name"]
 	if _, err := d.resolveImage(ref); err != nil {
 		return err
 	}
-	rs, err := d.store.RemoveImage(ref, formBool(r.URL.Query().Get("force")))
+	q := r.URL.Query()
+	rs, err := d.store.RemoveImage(ref, store.RemoveImageOptions{Force: formBool(q.Get("force")), NoPrune: formBool(q.Get("noprune"))})
 	if errors.Is(err, errdefs.ErrNotFound) { // removed meanwhile
 		return noSuchImage(ref)
 	}

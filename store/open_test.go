@@ -63,7 +63,7 @@ func TestRemoveContainerOfRemovedImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.RemoveImage("app", true); err != nil {
+	if _, err := s.RemoveImage("app", RemoveImageOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if layers, _ := s.Layers().List(); len(layers) != 2 {

@@ -52,14 +52,25 @@ type Removed struct {
 	Deleted  string // an image ID or layer chain ID deleted
 }
 
+// RemoveImageOptions are docker rmi's flags.
+type RemoveImageOptions struct {
+	// Force removes an image by ID even with several references, or used
+	// by a container, whose layers then stay while it lives.
+	Force bool
+	// NoPrune keeps the parent images left without references, children
+	// and containers, which are otherwise removed with their child.
+	NoPrune bool
+}
+
 // RemoveImage removes a reference, or an image by ID, as docker rmi does:
-// it untags; the image goes when no reference is left. force removes an image
-// by ID even with several references. An image with child images is never
-// deleted. An image a container uses is neither deleted nor left without
-// references unless forced; then its layers stay while the container lives.
-// The result lists the references untagged, then the image and the layers
-// deleted, children first.
-func (s *Store) RemoveImage(ref string, force bool) ([]Removed, error) {
+// it untags; the image goes when no reference is left. An image with child
+// images is never deleted. An image a container uses is neither deleted nor
+// left without references unless forced. Its local parents that nothing
+// else holds go with it, unless NoPrune. The result lists the references
+// untagged, then each image deleted followed by the layers only it held,
+// children first.
+func (s *Store) RemoveImage(ref string, opts RemoveImageOptions) ([]Removed, error) {
+	force := opts.Force
 	var out []Removed
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		out = nil
@@ -117,20 +128,52 @@ func (s *Store) RemoveImage(ref string, force bool) ([]Removed, error) {
 			}
 		}
 
-		if err := t.Delete(img.ID); err != nil {
-			return err
+		for {
+			if err := t.Delete(img.ID); err != nil {
+				return err
+			}
+			out = append(out, Removed{Deleted: img.ID.String()})
+			deleted, err := s.layers.Collect(tx)
+			for _, c := range deleted {
+				out = append(out, Removed{Deleted: c.String()})
+			}
+			if err != nil || opts.NoPrune {
+				return err
+			}
+			if img, err = prunable(tx, t, img.Parent); err != nil || img.ID == "" {
+				return err
+			}
 		}
-		out = append(out, Removed{Deleted: img.ID.String()})
-		deleted, err := s.layers.Collect(tx)
-		for _, c := range deleted {
-			out = append(out, Removed{Deleted: c.String()})
-		}
-		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, s.layers.Sweep()
+}
+
+// prunable returns the image parent when removing its last child leaves it
+// unused, as docker rmi prunes it: no references, no other children, no
+// container. Otherwise, or for no parent, an image with no ID.
+func prunable(tx *bolt.Tx, t image.Txn, parent digest.Digest) (image.Image, error) {
+	if parent == "" {
+		return image.Image{}, nil
+	}
+	img, err := t.Get(parent)
+	if errors.Is(err, errdefs.ErrNotFound) || err == nil && len(img.RepoTags)+len(img.RepoDigests) > 0 {
+		return image.Image{}, nil
+	}
+	if err != nil {
+		return image.Image{}, err
+	}
+	children, err := t.Children(parent)
+	if err != nil || len(children) > 0 {
+		return image.Image{}, err
+	}
+	user, err := containerUsing(tx, parent)
+	if err != nil || user != "" {
+		return image.Image{}, err
+	}
+	return img, nil
 }
 
 // containerUsing returns the ID of the newest container of image id, "" when

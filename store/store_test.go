@@ -205,7 +205,7 @@ func TestRemoveImage(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := openStore(t, t.TempDir())
 			ref, force, want := c.run(t, s)
-			got, err := s.RemoveImage(ref, force)
+			got, err := s.RemoveImage(ref, RemoveImageOptions{Force: force})
 			if !errors.Is(err, c.wantErr) {
 				t.Fatalf("RemoveImage(%q, %v): err = %v, want %v", ref, force, err, c.wantErr)
 			}
@@ -236,5 +236,40 @@ func TestRemoveImage(t *testing.T) {
 				t.Errorf("%d layers for %d needed", len(layers), len(live))
 			}
 		})
+	}
+}
+
+// TestRemoveImagePrunesParents: removing an image removes the local
+// parents it leaves without references, children or containers, as docker
+// rmi does, unless NoPrune.
+func TestRemoveImagePrunesParents(t *testing.T) {
+	for _, noPrune := range []bool{false, true} {
+		s := openStore(t, t.TempDir())
+		base, _ := addImage(t, s, []string{"a"}, "base:1")
+		mid, chains := addImage(t, s, []string{"a", "b"})
+		top, topChains := addImage(t, s, []string{"a", "b", "c"}, "top:1")
+		if err := s.Images().SetParent(mid, base); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Images().SetParent(top, mid); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.RemoveImage("top:1", RemoveImageOptions{NoPrune: noPrune})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := append(untagged("docker.io/library/top:1"), deleted(top, topChains[2])...)
+		if !noPrune {
+			want = append(want, deleted(mid, chains[1])...)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("NoPrune %v: RemoveImage =\n%v\nwant\n%v", noPrune, got, want)
+		}
+		if _, err := s.Images().Get(mid); noPrune != (err == nil) {
+			t.Errorf("NoPrune %v: the untagged parent: %v", noPrune, err)
+		}
+		if _, err := s.Images().Get(base); err != nil {
+			t.Errorf("the tagged grandparent went: %v", err)
+		}
 	}
 }

@@ -294,16 +294,16 @@ func newTagCommand(g *globals) *cobra.Command {
 }
 
 func newRmiCommand(g *globals) *cobra.Command {
-	var force bool
+	var opts store.RemoveImageOptions
 	cmd := &cobra.Command{
-		Use:   "rmi [-f] IMAGE...",
+		Use:   "rmi [-f] [--no-prune] IMAGE...",
 		Short: "Remove images",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withStore(func(s *store.Store) error {
 				var errs []error
 				for _, ref := range args {
-					removed, err := s.RemoveImage(ref, force)
+					removed, err := s.RemoveImage(ref, opts)
 					if err != nil {
 						errs = append(errs, err)
 						continue
@@ -320,7 +320,8 @@ func newRmiCommand(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "force removal of the image")
+	cmd.Flags().BoolVarP(&opts.Force, "force", "f", false, "force removal of the image")
+	cmd.Flags().BoolVar(&opts.NoPrune, "no-prune", false, "do not delete untagged parents")
 	return cmd
 }
 
