@@ -265,14 +265,16 @@ func (d *Driver) stage(tmp, id, parent, lower string, rw bool) error {
 	return d.fsync(id, parent)
 }
 
-// fsync makes a new read-write layer durable (Capabilities): what stage
-// wrote, the entries naming it, and its parent's marker of it.
+// fsync makes a new read-write layer durable (Capabilities): the files
+// stage wrote, the directories holding what it made (diff and work are
+// empty: their entries are the layer directory's), and its parent's
+// marker of it.
 func (d *Driver) fsync(id, parent string) error {
 	dir := d.dir(id)
-	paths := []string{filepath.Join(dir, "link"), filepath.Join(dir, "diff")}
+	paths := []string{filepath.Join(dir, "link")}
 	if parent != "" {
 		paths = append(paths, filepath.Join(dir, "lower"), filepath.Join(dir, "parent"),
-			filepath.Join(dir, "work"), filepath.Join(d.dir(parent), "children"))
+			filepath.Join(d.dir(parent), "children"))
 	}
 	return driver.Fsync(append(paths, dir, filepath.Join(d.root, linkDir), d.root)...)
 }
