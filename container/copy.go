@@ -40,9 +40,14 @@ type PathStat struct {
 
 // CopyToOptions tune CopyTo.
 type CopyToOptions struct {
-	// CopyUIDGID keeps the owners the tar gives (docker cp -a); otherwise
-	// everything copied in is owned by root.
+	// CopyUIDGID keeps the owners the tar gives; otherwise everything
+	// copied in is owned by root.
 	CopyUIDGID bool
+	// AsUser (docker cp -a) gives everything copied in to the user the
+	// container's config names, looked up in the container's /etc/passwd
+	// and /etc/group (dockerd looks it up on the host); a container without
+	// one gets the tar's owners.
+	AsUser bool
 }
 
 // containerPath is a path of a container and where it is on the host.
@@ -230,9 +235,13 @@ func (s *Store) CopyTo(c Container, p string, r io.Reader, opts CopyToOptions) (
 	case !fi.IsDir():
 		return fmt.Errorf("extraction point %s in container %s is not a directory: %w", p, c.Name, errdefs.ErrInvalid)
 	}
+	owner, err := copyOwner(c, root, opts)
+	if err != nil {
+		return err
+	}
 	checked := rewrite(r, func(hdr *tar.Header) error {
-		if !opts.CopyUIDGID {
-			hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+		if owner != nil {
+			hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = owner[0], owner[1], "", ""
 		}
 		return noDirSwap(dir, hdr)
 	})
@@ -241,6 +250,26 @@ func (s *Store) CopyTo(c Container, p string, r io.Reader, opts CopyToOptions) (
 		return fmt.Errorf("copy to %s in container %s: %w", p, c.Name, err)
 	}
 	return nil
+}
+
+// copyOwner returns the uid and gid CopyTo gives everything it copies into
+// c mounted at root, nil to keep the tar's.
+func copyOwner(c Container, root string, opts CopyToOptions) (*[2]int, error) {
+	if opts.AsUser {
+		user, err := configUser(c)
+		if err != nil || user == "" {
+			return nil, err
+		}
+		uid, gid, err := lookupUser(root, user)
+		if err != nil {
+			return nil, fmt.Errorf("copy to container %s as its user: %w", c.Name, err)
+		}
+		return &[2]int{uid, gid}, nil
+	}
+	if opts.CopyUIDGID {
+		return nil, nil
+	}
+	return &[2]int{0, 0}, nil
 }
 
 // noDirSwap refuses an entry that would replace a directory in dir with a

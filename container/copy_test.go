@@ -252,3 +252,53 @@ func TestCopyEscapes(t *testing.T) {
 		}
 	})
 }
+
+// TestCopyToAsUser: docker cp -a into a container whose config names a
+// user gives what it copies to that user, found in the container's own
+// passwd and group files.
+func TestCopyToAsUser(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, s *store.Store) {
+		fsImage(t, s)
+		asUser := container.CopyToOptions{CopyUIDGID: true, AsUser: true}
+		for _, c := range []struct {
+			user     string
+			uid, gid uint32
+		}{{"app:staff", 1000, 50}, {"", 7, 8}} {
+			ctr, err := s.CreateContainer("fs:1", container.CreateOptions{Config: []byte(`{"User":"` + c.user + `"}`)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			root, err := s.Containers().Mount(ctr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Containers().Unmount(ctr) })
+			if err := os.WriteFile(root+"/etc/passwd", []byte("app:x:1000:1001::/:/bin/sh\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(root+"/etc/group", []byte("staff:x:50:app\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			owned := reg("owned")
+			owned.Uid, owned.Gid = 7, 8
+			if err := s.Containers().CopyTo(ctr, "/data", tarOf(t, owned), asUser); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Lstat(root + "/data/owned")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); st.Uid != c.uid || st.Gid != c.gid {
+				t.Errorf("cp -a as %q: owned by %d:%d, want %d:%d", c.user, st.Uid, st.Gid, c.uid, c.gid)
+			}
+		}
+		ghost, err := s.CreateContainer("fs:1", container.CreateOptions{Config: []byte(`{"User":"ghost"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Containers().CopyTo(ghost, "/data", tarOf(t, reg("x")), asUser)
+		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "unable to find user ghost") {
+			t.Errorf("cp -a as a user the container does not know: %v", err)
+		}
+	})
+}

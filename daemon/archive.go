@@ -110,15 +110,17 @@ func (r *rebased) Close() error { return errors.Join(r.ReadCloser.Close(), r.src
 // copyTo extracts the request's tar into the directory path. The CLI sends
 // it as text/plain: the type is not checked. noOverwriteDirNonDir is what
 // the container store always does (docker cp always asks for it). The
-// tar's owners are kept, as dockerd keeps them; copyUIDGID, with which
-// dockerd gives everything to the container config's User when it names
-// one, is not supported: the owners stay the tar's.
+// tar's owners are kept, as dockerd keeps them; with copyUIDGID (docker cp
+// -a) everything goes to the container config's User when it names one,
+// looked up in the container's passwd and group files where dockerd looks
+// on the host's.
 func (d *Daemon) copyTo(w http.ResponseWriter, r *http.Request, vars map[string]string) error {
 	c, p, err := d.archivePath(r, vars)
 	if err != nil {
 		return err
 	}
-	err = d.store.Containers().CopyTo(c, p, r.Body, container.CopyToOptions{CopyUIDGID: true})
+	opts := container.CopyToOptions{CopyUIDGID: true, AsUser: formBool(r.URL.Query().Get("copyUIDGID"))}
+	err = d.store.Containers().CopyTo(c, p, r.Body, opts)
 	if errors.Is(err, errdefs.ErrInvalid) && !d.isDir(c, p) {
 		return badRequest("extraction point is not a directory") // Docker's words, which clients match
 	}

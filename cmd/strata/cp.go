@@ -49,7 +49,7 @@ resolved inside the container's root: its symlinks and ".." never lead out of it
 				if src.container != "" {
 					return copyOut(cmd.OutOrStdout(), s.Containers(), c, src.path, dst.path, follow)
 				}
-				return copyIn(s.Containers(), c, src.path, dst.path, follow, container.CopyToOptions{CopyUIDGID: copyUIDGID})
+				return copyIn(s.Containers(), c, src.path, dst.path, follow, container.CopyToOptions{CopyUIDGID: copyUIDGID, AsUser: copyUIDGID})
 			})
 		},
 	}
