@@ -11,18 +11,23 @@
 #   find      find + stat of every file of the image container, cold cache
 #   untar     extraction of 20,000 small files into the union, then sync
 #   copyup    first write (an O_APPEND open) to the ~100 MB lower file, then
-#             sync: the copy-up; a fresh container each run
+#             sync: the copy-up; a fresh container each time, COPYUPS times a
+#             run (default 3: it is short, and the disk makes it noisy)
 # Prints ratios aufs / other (times: below 1, aufs is faster) against the
 # issue's targets: read <= 1.25x overlay (0.8x its speed), find <= 3x
 # overlay, untar and copyup <= 1x fuse-overlayfs.
+# BASELINE=<strata binary> adds its aufs, on the same layers, alternating
+# with the others: an A/B of two builds in one run, on a busy machine.
 set -euo pipefail
 ARCHIVE=$(realpath "${1:?usage: aufs.sh ARCHIVE}")
 RUNS=${RUNS:-3}
+COPYUPS=${COPYUPS:-3}
 command -v fuse-overlayfs >/dev/null || { echo "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)" >&2; exit 1; }
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /var/tmp/strata-bench-aufs.XXXXXX)
 STRATA=${STRATA:-$work/strata-bin}
 [ -x "$STRATA" ] || CGO_ENABLED=0 go build -o "$STRATA" ./cmd/strata
+BASELINE=${BASELINE:+$(realpath "$BASELINE")}
 cleanup() {
   set +e
   grep -o " $work/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
@@ -31,6 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 S() { local d=$1; shift; "$STRATA" --root "$work/$d" --storage-driver "$d" "$@"; }
+B() { "$BASELINE" --root "$work/aufs" --storage-driver aufs "$@"; }
 now() { date +%s.%N; }
 timed() { # timed FILE CMD...: appends CMD's wall time in ms to FILE
   local f=$1 t0 t1; shift
@@ -66,9 +72,13 @@ done
 [ -n "$image" ] || { echo "no tagged image in $ARCHIVE" >&2; exit 1; }
 
 # mountpoint KIND IMAGE: a fresh container of IMAGE mounted by KIND
-# (overlay, aufs or fuse-overlayfs on the overlay store's layers).
+# (overlay, aufs, baseline: aufs served by BASELINE, or fuse-overlayfs on
+# the overlay store's layers).
 mountpoint() {
   local kind=$1 c lower fo
+  if [ "$kind" = baseline ]; then
+    c=$(B create "$2"); B mount "$c"; return
+  fi
   if [ "$kind" != fuse-overlayfs ]; then
     c=$(S "$kind" create "$2"); S "$kind" mount "$c"; return
   fi
@@ -81,6 +91,7 @@ mountpoint() {
 }
 
 KINDS=(overlay aufs fuse-overlayfs)
+[ -z "$BASELINE" ] || KINDS+=(baseline)
 declare -A app bigm
 for k in "${KINDS[@]}"; do
   app[$k]=$(mountpoint "$k" "$image")
@@ -95,8 +106,10 @@ for i in $(seq "$RUNS"); do
     drop; timed "$k.find" find "${app[$k]}" -xdev -printf '%s %m %u\n'
     mkdir "${app[$k]}/untar$i"
     timed "$k.untar" synced tar -C "${app[$k]}/untar$i" -xf "$work/small.tar"
-    m=$(mountpoint "$k" "$image")
-    drop; timed "$k.copyup" synced append "$m/$bigfile"
+    for j in $(seq "$COPYUPS"); do
+      m=$(mountpoint "$k" "$image")
+      drop; timed "$k.copyup" synced append "$m/$bigfile"
+    done
   done
 done
 
@@ -106,4 +119,11 @@ for op in read find untar copyup; do
   printf '%-8s %12.0f %12.0f %16.0f %12.2f %12.2f\n' "$op" "$o" "$a" "$f" "$(echo "$a / $o" | bc -l)" "$(echo "$a / $f" | bc -l)"
 done
 echo "targets: read aufs/overlay <= 1.25; find aufs/overlay <= 3; untar, copyup aufs/fuse-ovl <= 1"
+if [ -n "$BASELINE" ]; then
+  printf '%-8s %12s %12s %16s %12s\n' op baseline/ms aufs/ms base/fuse-ovl aufs/baseline
+  for op in read find untar copyup; do
+    b=$(median baseline.$op) a=$(median aufs.$op) f=$(median fuse-overlayfs.$op)
+    printf '%-8s %12.0f %12.0f %16.2f %12.2f\n' "$op" "$b" "$a" "$(echo "$b / $f" | bc -l)" "$(echo "$a / $b" | bc -l)"
+  done
+fi
 S aufs info | grep -E 'Mount Mode|Passthrough'

@@ -163,6 +163,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if !n.u.writable {
 			return nil, 0, syscall.EROFS
 		}
+		// The copy can be opened once the files open on the lower copy
+		// are released: wait for them before taking the union's lock,
+		// rather than hold up every lookup meanwhile.
+		if n.u.passthrough && !n.lowerClosed() {
+			return nil, 0, syscall.ETXTBSY
+		}
 		n.u.mu.Lock()
 		defer n.u.mu.Unlock()
 		if errno := n.copyUpAs(flags&syscall.O_TRUNC == 0); errno != 0 {
@@ -184,10 +190,15 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	return n.newHandle(fd, lower), 0, 0
 }
 
-// releaseWait bounds how long an open waits for the RELEASE of files
-// closed on the lower copy: the kernel sends it in the background after
-// close returns (there is no FLUSH before it, see Flush), so a program that
-// closes a file and opens it for writing gets there first.
+// releaseWait bounds how long an open of the upper copy waits for the files
+// open on the lower copy to be released. The kernel passes an inode through
+// to one backing file at a time, and fails with EIO any other open of it
+// meanwhile (fs/fuse/iomode.c), so the upper copy can be opened only once
+// they are. The kernel lets go of the lower file when its last descriptor
+// closes, but tells the server with a RELEASE sent in the background: a
+// program that closes a file and opens it for writing gets here first. A
+// FLUSH would tell no sooner: it comes with every close of a descriptor,
+// not only the last.
 const releaseWait = 100 * time.Millisecond
 
 // lowerClosed reports whether no file is open on the node's lower copy,
@@ -232,13 +243,23 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 
 // Flush answers ENOSYS, after which the kernel sends no more FLUSH
 // requests, one round trip fewer per close: the branches are local file
-// systems whose close reports nothing that fsync would not, and the union
-// keeps no POSIX locks of its own.
+// systems whose close reports nothing that fsync would not, and the kernel
+// keeps file locks itself (they are not forwarded to the server). Opening
+// files with FOPEN_NOFLUSH would spare even the first FLUSH, but also the
+// write-back the kernel does at each close before it sends one: without
+// passthrough, pages written through a shared mapping would then reach the
+// branch only when the kernel writes them back, after a diff of the layer
+// may have read it.
 func (n *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return syscall.ENOSYS }
 
+// Release closes the branch file, then counts the lower copy closed: go-fuse
+// lets go of its backing id only after Release returns, and an open of the
+// upper copy in between would be handed the lower file, so the count comes
+// last, to keep that window as narrow as can be.
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	errno := h.LoopbackFile.Release(ctx)
 	if h.lower {
 		h.n.lowerOpens.Add(-1)
 	}
-	return h.LoopbackFile.Release(ctx)
+	return errno
 }

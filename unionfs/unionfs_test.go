@@ -370,6 +370,11 @@ func TestPassthrough(t *testing.T) {
 	if _, err := os.OpenFile(mnt+"/big", os.O_WRONLY, 0); !errors.Is(err, syscall.ETXTBSY) {
 		t.Errorf("open for writing while open on the lower copy: %v, want ETXTBSY", err)
 	}
+	// It waited for the lower copy's files before the copy-up, which
+	// takes the union's lock: the wait holds up no other request.
+	if exists(b[0] + "/big") {
+		t.Errorf("the refused open copied the file up")
+	}
 	r.Close()
 	if err := os.WriteFile(mnt+"/big", []byte("small"), 0o644); err != nil {
 		t.Fatalf("write once the lower copy is closed: %v", err)
