@@ -1,6 +1,7 @@
 package devicemapper
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -101,8 +102,13 @@ func (d *Driver) format(c *server.Client, id uint32) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, c.Deactivate(id)) }()
-	args := d.opts.mkfsCommand(dev)
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+	args := d.opts.mkfsCommand(dev, true)
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil && strings.Contains(string(out), prezeroedOption) { // an older mke2fs
+		args = d.opts.mkfsCommand(dev, false)
+		out, err = exec.Command(args[0], args[1:]...).CombinedOutput()
+	}
+	if err != nil {
 		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	dir := d.mountDir(".base")
@@ -129,7 +135,13 @@ func (d *Driver) CreateReadWrite(id, parent string, opts *driver.CreateOpts) err
 }
 
 // create snapshots the parent's device (or the base device) under an open
-// transaction, then records the layer.
+// transaction, and returns the layer durable, whatever the caller then
+// syncs: the next create or delete overwrites the transaction record. The
+// layer's record is written and flushed with the transaction record before
+// the snapshot, whose commit, raising the pool's transaction id to the
+// record's, is the moment the layer is made: a create costs one opening of
+// the pool and one flush of the file system holding the root (one journal
+// commit) besides the pool's own.
 func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 	if err := driver.ValidID(id); err != nil {
 		return err
@@ -139,7 +151,6 @@ func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 			return fmt.Errorf("create layer %s: %w", id, err)
 		}
 	}
-	c := d.pool
 	err := d.withDeviceSet(func() error {
 		if d.Exists(id) {
 			return errdefs.ErrExists
@@ -152,34 +163,31 @@ func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 			}
 			origin = p
 		}
-		oldTx, err := d.checkFreeSpace(c)
-		if err != nil {
-			return err
-		}
 		set, err := d.loadDeviceSet()
 		if err != nil {
 			return err
 		}
-		tx := transaction{Op: "create", ID: id, TransactionID: oldTx + 1}
+		tx := transaction{Op: "create", ID: id}
 		for tx.DeviceID = set.NextDeviceID; ; tx.DeviceID = (tx.DeviceID + 1) % (thinp.MaxDeviceID + 1) {
-			if err := writeJSON(d.transactionPath(), tx, true); err != nil {
-				return err
-			}
-			err := c.CreateSnapTx(tx.DeviceID, origin.DeviceID, oldTx, tx.TransactionID)
+			err := d.pool.PreparedSnap(tx.DeviceID, origin.DeviceID, func(st server.Status) error {
+				if err := d.checkFreeSpace(st); err != nil {
+					return err
+				}
+				tx.TransactionID = st.TransactionID + 1
+				return d.record(tx, parent, deviceInfo{DeviceID: tx.DeviceID, Size: origin.Size, TransactionID: tx.TransactionID, Initialized: true})
+			})
 			if err == nil {
 				break
 			}
 			if !errors.Is(err, errdefs.ErrExists) {
-				return errors.Join(err, os.Remove(d.transactionPath()))
+				return errors.Join(err, d.unrecord(id))
 			}
-		}
-		if err := d.record(id, parent, deviceInfo{DeviceID: tx.DeviceID, Size: origin.Size, TransactionID: tx.TransactionID, Initialized: true}); err != nil {
-			return err
 		}
 		set.NextDeviceID = (tx.DeviceID + 1) % (thinp.MaxDeviceID + 1)
 		if err := writeJSON(d.deviceSetPath(), set, false); err != nil {
 			return err
 		}
+		// A record left by a crash from here on names a complete create.
 		return os.Remove(d.transactionPath())
 	})
 	if err != nil {
@@ -188,43 +196,69 @@ func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 	return nil
 }
 
-// record writes meta/<id>: the layer exists from its rename on. It is
-// made durable by the caller's SyncFS (driver.ProtoDriver.Create); a crash
-// before that leaves the open transaction, which deletes the device.
-func (d *Driver) record(id, parent string, info deviceInfo) error {
+// record writes the open transaction tx, the layer's record meta/<id> and
+// the parent's marker of it, and flushes them all at once. Until the
+// snapshot's commit the record names a device that may not exist: a crash
+// before it leaves the transaction open, which removes the record.
+func (d *Driver) record(tx transaction, parent string, info deviceInfo) error {
+	dir := d.metaDir(tx.ID)
+	os.RemoveAll(dir) // an orphan of a crash mid-Remove, or the last try's
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	paths := []string{d.transactionPath(), d.root, filepath.Join(dir, "device"), dir, filepath.Dir(dir)}
 	if parent != "" {
-		if err := d.lineage.Adopt(parent, id); err != nil {
+		if err := driver.WriteParent(dir, parent); err != nil {
 			return err
 		}
+		if err := d.lineage.Adopt(parent, tx.ID); err != nil {
+			return err
+		}
+		paths = append(paths, filepath.Join(dir, "parent"), filepath.Join(d.metaDir(parent), "children"))
 	}
-	tmp := d.metaDir(".tmp-" + id)
-	os.RemoveAll(tmp)
-	os.RemoveAll(d.metaDir(id)) // an orphan of a crash mid-Remove
-	if err := os.Mkdir(tmp, 0o700); err != nil {
+	if err := writeJSONFile(filepath.Join(dir, "device"), info); err != nil {
 		return err
 	}
-	if err := driver.WriteParent(tmp, parent); err != nil {
+	if err := d.writeTransaction(tx); err != nil {
 		return err
 	}
-	if err := writeJSON(filepath.Join(tmp, "device"), info, false); err != nil {
+	return fsyncTogether(paths...)
+}
+
+// unrecord removes the record of a create that failed, and then its
+// transaction.
+func (d *Driver) unrecord(id string) error {
+	err := os.RemoveAll(d.metaDir(id))
+	if err == nil {
+		err = fsync(filepath.Join(d.root, "meta"))
+	}
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, d.metaDir(id))
+	if err := os.Remove(d.transactionPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// writeTransaction writes the open transaction record in place, to be
+// flushed by the caller before the pool changes: a crash in between leaves
+// at worst a record that does not parse, which recover drops, since nothing
+// was done under it. The record it replaces is its operation's own, which
+// left everything durable.
+func (d *Driver) writeTransaction(tx transaction) error {
+	return writeJSONFile(d.transactionPath(), tx)
 }
 
 // checkFreeSpace refuses a new device when the pool's free data space is
-// below dm.min_free_space, and returns the pool's transaction id.
-func (d *Driver) checkFreeSpace(c *server.Client) (uint64, error) {
-	st, err := c.Usage()
-	if err != nil {
-		return 0, err
-	}
+// below dm.min_free_space.
+func (d *Driver) checkFreeSpace(st server.Status) error {
 	free, min := st.TotalData-st.UsedData, st.TotalData*uint64(d.opts.minFreePercent)/100
 	if free < min {
-		return 0, fmt.Errorf("thin pool has %d free data blocks, less than the %d that dm.min_free_space=%d%% keeps: "+
+		return fmt.Errorf("thin pool has %d free data blocks, less than the %d that dm.min_free_space=%d%% keeps: "+
 			"grow it (strata thin --pool %s pool grow --data-size SIZE) or remove images", free, min, d.opts.minFreePercent, d.pool.Dir)
 	}
-	return st.TransactionID, nil
+	return nil
 }
 
 // Remove deletes the layer's device, which frees its blocks in the pool.
@@ -243,22 +277,30 @@ func (d *Driver) Remove(id string) error {
 			if err != nil {
 				return err
 			}
-			st, err := c.Usage()
+			unmade, err := d.unmade(id)
 			if err != nil {
 				return err
 			}
-			// Left active by a process that died between unmount and
-			// deactivation; mounted, it stays and the delete is refused.
-			c.Deactivate(info.DeviceID)
-			tx := transaction{Op: "delete", ID: id, DeviceID: info.DeviceID, TransactionID: st.TransactionID + 1}
-			if err := writeJSON(d.transactionPath(), tx, true); err != nil {
-				return err
-			}
-			err = c.DeleteTx(info.DeviceID, st.TransactionID, tx.TransactionID)
-			if err != nil && !errors.Is(err, errdefs.ErrNotFound) { // deleted by hand: the layer goes
-				return errors.Join(err, os.Remove(d.transactionPath()))
+			if !unmade { // an unmade layer's device is not its own
+				// Left active by a process that died between unmount and
+				// deactivation; mounted, it stays and the delete is refused.
+				c.Deactivate(info.DeviceID)
+				err = c.PreparedDelete(info.DeviceID, func(st server.Status) error {
+					tx := transaction{Op: "delete", ID: id, DeviceID: info.DeviceID, TransactionID: st.TransactionID + 1}
+					if err := d.writeTransaction(tx); err != nil {
+						return err
+					}
+					return fsyncTogether(d.transactionPath(), d.root)
+				})
+				if err != nil && !errors.Is(err, errdefs.ErrNotFound) { // deleted by hand: the layer goes
+					return errors.Join(err, os.Remove(d.transactionPath()))
+				}
 			}
 			if err := d.removeLeftovers(id); err != nil {
+				return err
+			}
+			// Durable before the next record replaces this one.
+			if err := fsync(filepath.Join(d.root, "meta")); err != nil {
 				return err
 			}
 			if parent != "" {
@@ -330,6 +372,9 @@ func (d *Driver) Mounted(id string) (int, error) {
 // never stack.
 func (d *Driver) mounter(id string, info deviceInfo) func() error {
 	return func() error {
+		if unmade, err := d.unmade(id); err != nil || unmade {
+			return errors.Join(err, fmt.Errorf("layer %s: its create did not complete: %w", id, errdefs.ErrNotFound))
+		}
 		dir, staging := d.mountDir(id), d.mountDir(".staging-"+id)
 		if err := errors.Join(unmountDir(dir), unmountDir(staging)); err != nil {
 			return err
@@ -401,12 +446,17 @@ func unmountDir(dir string) error {
 // deactivates the devices they leave active.
 func (d *Driver) recover(m *driver.Mounts) error {
 	d.mounts = m
-	var tx transaction
-	err := readJSON(d.transactionPath(), &tx)
+	b, err := os.ReadFile(d.transactionPath())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err == nil {
+	var tx transaction
+	if err == nil && json.Unmarshal(b, &tx) != nil {
+		// Torn by a crash before it was flushed, so before any change.
+		if err := os.Remove(d.transactionPath()); err != nil {
+			return err
+		}
+	} else if err == nil {
 		if err := d.rollBack(tx); err != nil {
 			return fmt.Errorf("roll back the open transaction (%s of device %d): %w", tx.Op, tx.DeviceID, err)
 		}
@@ -444,25 +494,48 @@ func (d *Driver) recover(m *driver.Mounts) error {
 	return errors.Join(errs...)
 }
 
-// rollBack finishes a delete, and undoes a create that did not record its
-// layer.
+// rollBack finishes a delete, and undoes a create whose snapshot was not
+// committed.
 func (d *Driver) rollBack(tx transaction) error {
-	switch {
-	case tx.Op == "create" && d.Exists(tx.ID): // complete
-	case tx.Op == "create" && d.deviceInUse(tx.DeviceID):
-		// The crash came before the snapshot, which would have failed: the
-		// id was another layer's.
-	default:
-		os.RemoveAll(d.metaDir(".tmp-" + tx.ID))
+	if tx.Op == "create" && d.Exists(tx.ID) {
+		unmade, err := d.unmade(tx.ID)
+		if err != nil {
+			return err
+		}
+		if !unmade { // complete
+			return os.Remove(d.transactionPath())
+		}
+	} else if tx.Op == "delete" || !d.deviceInUse(tx.DeviceID) {
+		// A delete, or a create whose record was not flushed: it made no
+		// device, or a device that is not another layer's.
 		d.pool.Deactivate(tx.DeviceID)
 		if err := d.pool.Delete(tx.DeviceID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return err
 		}
-		if err := d.removeLeftovers(tx.ID); err != nil {
-			return err
-		}
+	}
+	// The record goes for good before the transaction that explains it.
+	if err := d.removeLeftovers(tx.ID); err != nil {
+		return err
+	}
+	if err := fsync(filepath.Join(d.root, "meta")); err != nil {
+		return err
 	}
 	return os.Remove(d.transactionPath())
+}
+
+// unmade tells whether layer id is recorded by a create whose snapshot was
+// not committed, or failed because its device id was another layer's: the
+// open transaction names it, with a transaction id the pool has not reached.
+func (d *Driver) unmade(id string) (bool, error) {
+	var tx transaction
+	if readJSON(d.transactionPath(), &tx) != nil || tx.Op != "create" || tx.ID != id {
+		return false, nil // none, or torn before anything was done under it
+	}
+	st, err := d.pool.Usage()
+	if err != nil {
+		return false, err
+	}
+	return st.TransactionID < tx.TransactionID, nil
 }
 
 // deviceInUse tells whether a layer, or the base, has device dev.

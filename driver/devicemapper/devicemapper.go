@@ -15,20 +15,25 @@
 //	base.json           the base device: device id, size, initialized
 //	deviceset.json      the next device id and the pool's transaction id
 //	transaction.json    the open transaction: a device being created or
-//	                    deleted; the next start that is alone finishes or
-//	                    rolls it back, as Docker's driver did
+//	                    deleted, flushed before the pool changes (one cut
+//	                    short by a crash is dropped: nothing was done under
+//	                    it); the next start that is alone finishes or rolls
+//	                    it back, as Docker's driver did
 //	meta/<id>/device    the layer's device (JSON, as Docker's metadata/<hash>:
 //	                    device_id, size, transaction_id, initialized)
 //	meta/<id>/parent, meta/<id>/children/<c>   driver.Lineage
-//	meta/.tmp-<id>      staging name of meta/<id>
 //	mnt/<id>            the layer's root: the rootfs directory of its file
 //	                    system, bound there (the file system's own root holds
 //	                    lost+found); mnt/.staging-<id> while it is mounted
 //	.deviceset.lock     flocked while a device is created or deleted
 //	.lock .procs/ .mounts/   driver.Mounts
 //
-// A layer exists while meta/<id>/device does: it is written after the
-// device is made, and removed after it is deleted.
+// A layer exists while meta/<id>/device does: it is written, under the open
+// transaction, before the device is made, and removed after it is deleted.
+// Until the snapshot's commit, or after a crash before it until a start that
+// is alone rolls the transaction back, it names a device that is not its
+// own (none, or another layer's whose id was found taken): Get fails, and
+// Remove drops the layer without touching the device.
 package devicemapper
 
 import (
@@ -192,13 +197,37 @@ func writeJSON(path string, v any, sync bool) error {
 		return err
 	}
 	if sync {
-		return syncDir(filepath.Dir(path))
+		return fsync(filepath.Dir(path))
 	}
 	return nil
 }
 
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
+// writeJSONFile writes a file in place, for the caller to flush.
+func writeJSONFile(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// fsyncTogether flushes files and directories with concurrent fsyncs: a
+// journaling file system commits them in one transaction, where fsyncs one
+// after another would wait for a commit apiece.
+func fsyncTogether(paths ...string) error {
+	errs := make(chan error, len(paths))
+	for _, p := range paths {
+		go func() { errs <- fsync(p) }()
+	}
+	var err error
+	for range paths {
+		err = errors.Join(err, <-errs)
+	}
+	return err
+}
+
+func fsync(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
@@ -294,9 +323,10 @@ func (d *Driver) Metadata(id string) (map[string]string, error) {
 }
 
 // Capabilities: a child is a snapshot of its parent, so the parent must be
-// complete first.
+// complete first; a read-write layer is durable once created, at the cost
+// of a few flushes (create).
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{ParallelApply: false}
+	return driver.Capabilities{ParallelApply: false, DurableReadWrite: true}
 }
 
 // Cleanup releases this process's references, unmounting and deactivating

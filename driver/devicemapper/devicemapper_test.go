@@ -108,8 +108,11 @@ func TestSpaceComesBack(t *testing.T) {
 	}
 }
 
-// TestOpenTransactionRolledBack leaves a device made by a create that
-// crashed before recording its layer: the next start deletes it.
+// TestOpenTransactionRolledBack crashes creates at each step: a record
+// written before its snapshot, a snapshot committed without its record (as
+// the records of older versions came after the snapshot), and a snapshot
+// committed after its record. The next start removes what the first two
+// left, and keeps the third.
 func TestOpenTransactionRolledBack(t *testing.T) {
 	root := t.TempDir()
 	d := open(t, root)
@@ -120,34 +123,107 @@ func TestOpenTransactionRolledBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := d.loadDeviceSet()
-	if err != nil {
+	// crash makes device dev, a snapshot of a, for layer id: recorded
+	// first when record, committed (raising the transaction id) when snap.
+	crash := func(id string, dev uint32, record, snap bool) {
+		t.Helper()
+		tx := transaction{Op: "create", ID: id, DeviceID: dev, TransactionID: poolStatus(t, d).TransactionID + 1}
+		if record {
+			if err := d.record(tx, "a", deviceInfo{DeviceID: dev, Size: a.Size, TransactionID: tx.TransactionID}); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := d.writeTransaction(tx); err != nil {
+			t.Fatal(err)
+		}
+		if snap {
+			if err := d.pool.CreateSnapTx(dev, a.DeviceID, tx.TransactionID-1, tx.TransactionID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := d.Cleanup(); err != nil {
+			t.Fatal(err)
+		}
+		d = open(t, root)
+		if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("transaction record after recovery: %v", err)
+		}
+	}
+	inPool := func(dev uint32) bool {
+		for _, dv := range poolStatus(t, d).Devices {
+			if dv.ID == dev {
+				return true
+			}
+		}
+		return false
+	}
+
+	crash("b", 100, true, false)
+	if d.Exists("b") || inPool(100) {
+		t.Fatal("layer b, recorded but never snapshotted, is there after recovery")
+	}
+	crash("b", 101, false, true)
+	if d.Exists("b") || inPool(101) {
+		t.Fatal("device 101, snapshotted but never recorded, is there after recovery")
+	}
+	crash("c", 102, true, true)
+	if !d.Exists("c") || !inPool(102) {
+		t.Fatal("layer c, recorded and snapshotted, is gone after recovery")
+	}
+
+	// Before a recovery (another process crashed, this one runs on): a
+	// record naming c's device, whose snapshot failed, is neither mounted
+	// nor deleted with c's device.
+	tx := transaction{Op: "create", ID: "d", DeviceID: 102, TransactionID: poolStatus(t, d).TransactionID + 1}
+	if err := d.record(tx, "a", deviceInfo{DeviceID: 102, Size: a.Size, TransactionID: tx.TransactionID}); err != nil {
 		t.Fatal(err)
 	}
-	orphan := set.NextDeviceID
-	if err := writeJSON(d.transactionPath(), transaction{Op: "create", ID: "b", DeviceID: orphan}, true); err != nil {
+	if _, err := d.Get("d", ""); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("get of an unmade layer: %v, want ErrNotFound", err)
+	}
+	if err := d.Remove("d"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.pool.CreateSnap(orphan, a.DeviceID); err != nil {
+	if d.Exists("d") || !inPool(102) {
+		t.Fatal("the remove of unmade layer d took layer c's device, or left d")
+	}
+	if err := d.Create("b", "a", nil); err != nil {
+		t.Fatalf("create after recovery: %v", err)
+	}
+	for _, id := range []string{"b", "c"} {
+		if err := d.Remove(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Remove("a"); err != nil {
+		t.Fatalf("remove of a parent whose children are gone: %v", err)
+	}
+	if out, err := d.pool.Check(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// TestTornTransactionDropped: a record cut short by a crash before its
+// flush, so before any change to the pool, is dropped at the next start.
+func TestTornTransactionDropped(t *testing.T) {
+	root := t.TempDir()
+	d := open(t, root)
+	if err := d.Create("a", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(d.transactionPath(), []byte(`{"op":"create","dev`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-
 	d = open(t, root)
-	for _, dev := range poolStatus(t, d).Devices {
-		if dev.ID == orphan {
-			t.Fatalf("device %d of the crashed create is still in the pool", orphan)
-		}
-	}
 	if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("transaction record after recovery: %v", err)
 	}
-	if d.Exists("b") || !d.Exists("a") {
-		t.Fatal("layers after recovery: want a, not b")
+	if !d.Exists("a") {
+		t.Fatal("layer a lost")
 	}
-	if err := d.Create("b", "a", nil); err != nil {
+	if err := d.CreateReadWrite("b", "a", nil); err != nil {
 		t.Fatalf("create after recovery: %v", err)
 	}
 }
@@ -178,6 +254,12 @@ func TestMinFreeSpace(t *testing.T) {
 	err = d.Create("b", "a", nil)
 	if err == nil || !strings.Contains(err.Error(), "dm.min_free_space") {
 		t.Fatalf("create in a pool past dm.min_free_space: %v", err)
+	}
+	root := d.(*Driver).root
+	for _, p := range []string{"transaction.json", "meta/b"} {
+		if _, err := os.Stat(filepath.Join(root, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s after a refused create: %v", p, err)
+		}
 	}
 }
 

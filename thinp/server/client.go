@@ -84,6 +84,19 @@ func (c *Client) DeleteTx(id uint32, oldTx, newTx uint64) error {
 	return err
 }
 
+// PreparedSnap makes id a snapshot of origin, raising the transaction id by
+// one in the same commit, after prepare has accepted the pool's usage (a
+// free space check) and recorded the coming transaction: a create costs
+// one opening of the pool when no server runs.
+func (c *Client) PreparedSnap(id, origin uint32, prepare func(Status) error) error {
+	return c.prepared(&request{Op: opSnap, ID: id, Origin: origin}, prepare)
+}
+
+// PreparedDelete is Delete as PreparedSnap is CreateSnapTx.
+func (c *Client) PreparedDelete(id uint32, prepare func(Status) error) error {
+	return c.prepared(&request{Op: opDelete, ID: id}, prepare)
+}
+
 // Activate makes device id a block device and returns its path
 // (/dev/loopN); the device stays active, and its server running, until
 // Deactivate.
@@ -269,28 +282,89 @@ func (c *Client) request(req *request) (*reply, error) {
 // and is started again by its client until it gets it, so that a running
 // server has seen every change to the pool.
 func (c *Client) inProcess(req *request) (rep *reply, done bool, err error) {
-	lock, err := os.OpenFile(filepath.Join(c.Dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, true, err
-	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, false, nil
-		}
-		return nil, true, err
-	}
 	if req.Op == opDeactivate { // only a server has active devices
+		lock, err := c.tryLock()
+		if lock == nil {
+			return nil, err != nil, err
+		}
+		lock.Close()
 		return &reply{}, true, fmt.Errorf("device %d is not active: %w", req.ID, errdefs.ErrNotFound)
 	}
+	done, err = c.withPool(func(s *server) (err error) {
+		rep, err = s.do(req)
+		return err
+	})
+	if rep != nil {
+		rep.Pid = 0 // no server runs
+	}
+	return rep, done, err
+}
+
+// tryLock takes the pool's lock; it returns no file, and no error, when
+// another process holds it.
+func (c *Client) tryLock() (*os.File, error) {
+	lock, err := os.OpenFile(filepath.Join(c.Dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return lock, nil
+}
+
+// withPool runs fn on the pool opened in this process, holding the pool's
+// lock, and closes the pool; done is false, with nothing done, when another
+// process holds the lock.
+func (c *Client) withPool(fn func(s *server) error) (done bool, err error) {
+	lock, err := c.tryLock()
+	if lock == nil {
+		return err != nil, err
+	}
+	defer lock.Close()
 	pool, err := thinp.Open(filepath.Join(c.Dir, MetadataFile), filepath.Join(c.Dir, DataFile))
 	if err != nil {
-		return nil, true, fmt.Errorf("thin pool %s: %w", c.Dir, err)
+		return true, fmt.Errorf("thin pool %s: %w", c.Dir, err)
 	}
 	s := &server{dir: c.Dir, pool: pool, active: map[uint32]*device{}}
-	rep, err = s.do(req)
-	rep.Pid = 0 // no server runs
-	return rep, true, errors.Join(err, pool.Close())
+	return true, errors.Join(fn(s), pool.Close())
+}
+
+// prepared makes a snapshot or delete (req) in one commit with the pool's
+// transaction id raised by one, once prepare, given the pool's usage, has
+// returned nil; nothing changes if it fails. Without a server the pool is
+// opened once for all of it.
+func (c *Client) prepared(req *request, prepare func(Status) error) error {
+	if err := c.checkPool(); err != nil {
+		return err
+	}
+	done, err := c.withPool(func(s *server) error {
+		st, _ := s.status(false)
+		if err := prepare(Status{Status: st}); err != nil {
+			return err
+		}
+		req.OldTxID, req.NewTxID = st.TransactionID, st.TransactionID+1
+		_, err := s.do(req)
+		return err
+	})
+	if done {
+		return err
+	}
+	// A server runs, or another client has the pool: two requests.
+	st, err := c.Usage()
+	if err != nil {
+		return err
+	}
+	if err := prepare(st); err != nil {
+		return err
+	}
+	req.OldTxID, req.NewTxID = st.TransactionID, st.TransactionID+1
+	_, err = c.call(req)
+	return err
 }
 
 func (c *Client) checkPool() error {

@@ -63,10 +63,12 @@ func (s *server) deactivate(id uint32) error {
 
 // checkUnused fails with ErrInUse when another opener holds the loop device
 // exclusively, as a mounted file system does. A holder that is letting go
-// (a file system unmounted in another mount namespace a moment ago) is
-// given a second.
+// is given a few seconds: a file system unmounted a moment ago that a mount
+// namespace made meanwhile still holds (a copy of the mount), or whose
+// writeback a loaded machine is still finishing.
 func (d *device) checkUnused() error {
-	for try := 0; ; try++ {
+	deadline := time.Now().Add(5 * time.Second)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		f, err := os.OpenFile(d.loopPath, os.O_RDONLY|unix.O_EXCL, 0)
 		if err == nil {
 			return f.Close()
@@ -74,10 +76,10 @@ func (d *device) checkUnused() error {
 		if !errors.Is(err, unix.EBUSY) {
 			return err
 		}
-		if try == 50 {
+		if time.Now().After(deadline) {
 			return fmt.Errorf("%s is in use (mounted?): %w", d.loopPath, errdefs.ErrInUse)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(wait)
 	}
 }
 

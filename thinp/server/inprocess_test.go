@@ -195,3 +195,43 @@ func mapped(st Status, id uint32) uint64 {
 	}
 	return 0
 }
+
+// A prepared snapshot or delete happens only once prepare accepts, with the
+// transaction id raised in its commit, with or without a server.
+func TestPrepared(t *testing.T) {
+	f := newFixture(t, thinp.Options{DataSize: 1 << 30})
+	if err := f.c.CreateThin(1, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	refused := errors.New("refused")
+	for _, server := range []bool{false, true} {
+		if server {
+			f.activate(1, false)
+		}
+		tx := f.status().TransactionID
+		var seen uint64
+		err := f.c.PreparedSnap(2, 1, func(st Status) error { seen = st.TransactionID; return refused })
+		if !errors.Is(err, refused) || seen != tx || hasDevices(f.status(), 1, 2) {
+			t.Fatalf("server %v: refused snapshot: %v, saw transaction %d of %d, devices %+v", server, err, seen, tx, f.status().Devices)
+		}
+		if err := f.c.PreparedSnap(2, 1, func(Status) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if st := f.status(); st.TransactionID != tx+1 || !hasDevices(st, 1, 2) {
+			t.Fatalf("server %v: after a snapshot: transaction %d, want %d; devices %+v", server, st.TransactionID, tx+1, st.Devices)
+		}
+		if err := f.c.PreparedDelete(2, func(Status) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if st := f.status(); st.TransactionID != tx+2 || hasDevices(st, 1, 2) {
+			t.Fatalf("server %v: after a delete: transaction %d, want %d; devices %+v", server, st.TransactionID, tx+2, st.Devices)
+		}
+		if (f.status().Pid != 0) != server {
+			t.Fatalf("server %v: status pid %d", server, f.status().Pid)
+		}
+	}
+	if err := f.c.Deactivate(1); err != nil {
+		t.Fatal(err)
+	}
+	f.check()
+}
