@@ -249,15 +249,16 @@ func (d *Driver) build(id, parent string, size uint64, writable bool) error {
 	if err := os.Mkdir(tmpMeta, 0o700); err != nil {
 		return err
 	}
-	if err := driver.WriteParent(tmpMeta, parent); err != nil {
-		return err
-	}
+	var err error
 	if writable && parent != "" {
 		// The snapshot below commits a transaction, which makes every
 		// entry made here durable, but not file data: that needs an fsync.
-		if err := driver.Fsync(filepath.Join(tmpMeta, "parent")); err != nil {
-			return err
-		}
+		err = driver.SyncWriteFile(filepath.Join(tmpMeta, "parent"), []byte(parent))
+	} else {
+		err = driver.WriteParent(tmpMeta, parent)
+	}
+	if err != nil {
+		return err
 	}
 	if !writable {
 		if err := os.WriteFile(filepath.Join(tmpMeta, committedMarker), nil, 0o600); err != nil {
