@@ -36,7 +36,7 @@ func (l Lineage) Adopt(parent, child string) error {
 	if err != nil {
 		return err
 	}
-	return f.Close() // made durable by the SyncFS or Fsync that completes the child
+	return f.Close() // made durable with the child (SyncFS, or the driver's own flush or commit)
 }
 
 // Disown drops the marker of child under parent. Call it once child is gone.
