@@ -3,16 +3,13 @@ package thinp
 import (
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/strata-storage/strata/errdefs"
 )
 
-// blockBuffers recycles the buffers of partial writes to new blocks.
-var blockBuffers sync.Pool
-
 // ReadAt reads from device id; unmapped blocks read as zeros. Reading past
-// the device's end returns io.EOF.
+// the device's end returns io.EOF. Blocks consecutive in the data file are
+// read by one pread.
 func (p *Pool) ReadAt(id uint32, b []byte, off int64) (int, error) {
 	p.io.RLock()
 	defer p.io.RUnlock()
@@ -20,36 +17,94 @@ func (p *Pool) ReadAt(id uint32, b []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	for n < len(b) {
+	r := reader{p: p, b: b}
+	for n := 0; n < len(b) && err == nil; {
 		vblock, inner := (off+int64(n))/p.blockSize, (off+int64(n))%p.blockSize
-		chunk := b[n:min(len(b), n+int(p.blockSize-inner))]
-		p.mu.Lock()
-		dataBlock, mapped, _, err := p.md.mapping(id, uint64(vblock))
-		p.mu.Unlock()
-		if err != nil {
-			return n, fmt.Errorf("read thin device %d: %w", id, err)
-		}
-		if !mapped {
-			clear(chunk)
-		} else if _, err := p.data.ReadAt(chunk, int64(dataBlock)*p.blockSize+inner); err != nil {
-			return n, fmt.Errorf("read thin device %d: %w", id, err)
-		}
-		n += len(chunk)
+		end := min(len(b), n+int(p.blockSize-inner))
+		err = r.block(id, uint64(vblock), inner, n, end)
+		n = end
+	}
+	if ferr := r.flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return r.read, fmt.Errorf("read thin device %d: %w", id, err)
 	}
 	if short {
-		return n, io.EOF
+		return r.read, io.EOF
 	}
-	return n, nil
+	return r.read, nil
+}
+
+// reader is one ReadAt: it gathers the mapped blocks it reads that are
+// consecutive in the data file into one run, read by one pread.
+type reader struct {
+	p    *Pool
+	b    []byte
+	read int // bytes of b read, a prefix
+
+	// The pending run: b[lo:hi] comes from byte pos of the data file.
+	lo, hi int
+	pos    int64
+}
+
+// block reads b[lo:hi] from inner in virtual block vblock of device id.
+func (r *reader) block(id uint32, vblock uint64, inner int64, lo, hi int) error {
+	p := r.p
+	p.mu.Lock()
+	dataBlock, mapped, _, err := p.md.mapping(id, vblock)
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !mapped {
+		if err := r.flush(); err != nil {
+			return err
+		}
+		clear(r.b[lo:hi])
+		r.read = hi
+		return nil
+	}
+	pos := int64(dataBlock)*p.blockSize + inner
+	if r.hi == r.lo || lo != r.hi || pos != r.pos+int64(r.hi-r.lo) {
+		if err := r.flush(); err != nil {
+			return err
+		}
+		r.lo, r.pos = lo, pos
+	}
+	r.hi = hi
+	return nil
+}
+
+// flush reads the pending run.
+func (r *reader) flush() error {
+	if r.hi == r.lo {
+		return nil
+	}
+	_, err := r.p.data.ReadAt(r.b[r.lo:r.hi], r.pos)
+	if err == nil {
+		r.read = r.hi
+	}
+	r.lo, r.hi = 0, 0
+	return err
 }
 
 // WriteAt writes to device id, provisioning blocks as needed. A block
 // shared with a snapshot is copied whole to a new block first. When the
-// pool is full the error wraps ErrNoSpace.
-func (p *Pool) WriteAt(id uint32, b []byte, off int64) (int, error) {
+// pool is full the error wraps ErrNoSpace. Writes run in parallel, except
+// one not aligned to the sectors of the data file's direct I/O, which runs
+// alone: it rewrites the sectors at its edges.
+func (p *Pool) WriteAt(id uint32, data []byte, off int64) (int, error) {
 	p.io.RLock()
-	defer p.io.RUnlock()
-	b, short, err := p.clip(id, b, off)
+	b, short, err := p.clip(id, data, off)
+	if err == nil && !p.data.alignedRange(off, len(b)) {
+		p.io.RUnlock()
+		p.io.Lock()
+		defer p.io.Unlock()
+		b, short, err = p.clip(id, data, off)
+	} else {
+		defer p.io.RUnlock()
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -65,6 +120,7 @@ func (p *Pool) WriteAt(id uint32, b []byte, off int64) (int, error) {
 		err = ferr
 	}
 	if err != nil {
+		p.provided(w.ahead, err)
 		return w.written, fmt.Errorf("write thin device %d: %w", id, err)
 	}
 	if short {
@@ -89,6 +145,10 @@ type writer struct {
 	first  uint64
 	inner  int64
 	fresh  []provision
+
+	// ahead are the new blocks provisioned for the next whole blocks of b
+	// along with one before them, in order.
+	ahead []provision
 }
 
 // provision is a new data block for a virtual block, marked as being
@@ -105,6 +165,11 @@ type provision struct {
 func (w *writer) block(vblock uint64, inner int64, lo, hi int) error {
 	p := w.p
 	key := blockKey{w.id, vblock}
+	if len(w.ahead) > 0 && w.ahead[0].key == key {
+		pr := w.ahead[0]
+		w.ahead = w.ahead[1:]
+		return w.add(pr.block, 0, lo, hi, &pr)
+	}
 	for {
 		p.mu.Lock()
 		if wait := p.provisioning[key]; wait != nil {
@@ -131,9 +196,17 @@ func (w *writer) block(vblock uint64, inner int64, lo, hi int) error {
 		}
 		pr := provision{key, fresh, make(chan struct{})}
 		p.provisioning[key] = pr.done
+		whole := int64(hi-lo) == p.blockSize
+		if whole {
+			w.provisionAhead(vblock, hi)
+		}
 		p.mu.Unlock()
+		p.data.allocate(int64(fresh) * p.blockSize)
+		for _, pr := range w.ahead {
+			p.data.allocate(int64(pr.block) * p.blockSize)
+		}
 
-		if int64(hi-lo) == p.blockSize {
+		if whole {
 			return w.add(fresh, 0, lo, hi, &pr)
 		}
 		if err := w.flush(); err != nil {
@@ -145,6 +218,34 @@ func (w *writer) block(vblock uint64, inner int64, lo, hi int) error {
 			w.written = hi
 		}
 		return err
+	}
+}
+
+// provisionAhead provisions new blocks for the whole blocks of b after
+// vblock (which ends at b[hi]) that need one, up to the first that does
+// not or that another writer is provisioning. Taken under one hold of
+// p.mu, the allocator hands out consecutive data blocks, which one pwrite
+// writes; block by block, concurrent writers would take turns. Holding
+// these, the writer waits for no other: the next block it waits for
+// comes after them.
+func (w *writer) provisionAhead(vblock uint64, hi int) {
+	p := w.p
+	for v := vblock + 1; int64(hi)+int64(v-vblock)*p.blockSize <= int64(len(w.b)); v++ {
+		key := blockKey{w.id, v}
+		if p.provisioning[key] != nil {
+			return
+		}
+		_, mapped, shared, err := p.md.mapping(w.id, v)
+		if err != nil || mapped && !shared {
+			return
+		}
+		fresh, err := p.md.allocData()
+		if err != nil {
+			return // the block's own turn reports it
+		}
+		pr := provision{key, fresh, make(chan struct{})}
+		p.provisioning[key] = pr.done
+		w.ahead = append(w.ahead, pr)
 	}
 }
 
@@ -206,15 +307,11 @@ func (p *Pool) provided(prs []provision, err error) error {
 // fill writes part of a new data block: chunk at inner, and around it the
 // old block's contents when there was one, zeros otherwise.
 func (p *Pool) fill(fresh, old uint64, copyOld bool, inner int64, chunk []byte) error {
-	bp, _ := blockBuffers.Get().(*[]byte)
-	if bp == nil || int64(len(*bp)) != p.blockSize {
-		b := make([]byte, p.blockSize)
-		bp = &b
-	}
-	defer blockBuffers.Put(bp)
-	buf := *bp
+	bounce := getBounce()
+	defer putBounce(bounce)
+	buf := bounce[:p.blockSize]
 	if copyOld {
-		if _, err := p.data.ReadAt(buf, int64(old)*p.blockSize); err != nil {
+		if _, err := p.data.readDirect(buf, int64(old)*p.blockSize); err != nil {
 			return err
 		}
 	} else {
