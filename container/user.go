@@ -48,40 +48,47 @@ func lookupEntry(root, file, kind, id string) (n, next int, err error) {
 	if numErr == nil && number < 0 {
 		return 0, 0, fmt.Errorf("invalid %s %q: %w", kind, id, errdefs.ErrInvalid)
 	}
-	p, err := securejoin.SecureJoin(root, file)
+	entries, err := readEntries(root, file)
 	if err != nil {
 		return 0, 0, err
 	}
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) && numErr == nil {
-		return number, 0, nil
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return 0, 0, err
-	}
-	if err == nil {
-		defer f.Close()
-		lines := bufio.NewScanner(f)
-		for lines.Scan() {
-			fields := strings.Split(lines.Text(), ":")
-			if len(fields) < 3 || strings.HasPrefix(fields[0], "#") {
-				continue
-			}
-			entry, err := strconv.Atoi(fields[2])
-			if err != nil || (fields[0] != id && (numErr != nil || entry != number)) {
-				continue
-			}
-			if len(fields) > 3 {
-				next, _ = strconv.Atoi(fields[3])
-			}
-			return entry, next, nil
+	for _, fields := range entries {
+		entry, err := strconv.Atoi(fields[2])
+		if err != nil || (fields[0] != id && (numErr != nil || entry != number)) {
+			continue
 		}
-		if err := lines.Err(); err != nil {
-			return 0, 0, err
+		if len(fields) > 3 {
+			next, _ = strconv.Atoi(fields[3])
 		}
+		return entry, next, nil
 	}
 	if numErr == nil {
 		return number, 0, nil
 	}
 	return 0, 0, fmt.Errorf("unable to find %s %s: no matching entries in %s file: %w", kind, id, strings.TrimPrefix(file, "/etc/"), errdefs.ErrInvalid)
+}
+
+// readEntries returns the colon-separated lines of file in the container
+// mounted at root that have at least three fields, none when it is absent.
+func readEntries(root, file string) ([][]string, error) {
+	p, err := securejoin.SecureJoin(root, file)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var entries [][]string
+	lines := bufio.NewScanner(f)
+	for lines.Scan() {
+		if fields := strings.Split(lines.Text(), ":"); len(fields) >= 3 && !strings.HasPrefix(fields[0], "#") {
+			entries = append(entries, fields)
+		}
+	}
+	return entries, lines.Err()
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -179,24 +178,19 @@ func BenchmarkWriteCommit(b *testing.B) {
 				b.Fatal(err)
 			}
 			write := func(base int64) {
-				var wg sync.WaitGroup
-				errs := make(chan error, c.writers)
+				var fns []func() error
 				for g := range c.writers {
-					wg.Go(func() {
+					fns = append(fns, func() error {
 						buf := make([]byte, request)
 						for off := g * request; off < size; off += c.writers * request {
 							if _, err := p.WriteAt(0, buf, base+off); err != nil {
-								errs <- err
-								return
+								return err
 							}
 						}
+						return nil
 					})
 				}
-				wg.Wait()
-				close(errs)
-				for err := range errs {
-					b.Fatal(err)
-				}
+				concurrently(b, fns...)
 				if err := p.Commit(); err != nil {
 					b.Fatal(err)
 				}

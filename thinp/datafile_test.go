@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -159,33 +158,27 @@ func TestConcurrentUnalignedWriters(t *testing.T) {
 		if _, err := p.WriteAt(0, make([]byte, span/2), 0); err != nil {
 			t.Fatal(err)
 		}
-		var wg sync.WaitGroup
-		errs := make(chan error, 2*writers)
+		var fns []func() error
 		for w := range int64(writers) {
-			wg.Go(func() {
+			fns = append(fns, func() error {
 				b := bytes.Repeat([]byte{byte('a' + w)}, piece)
 				for off := w * piece; off+piece <= span; off += pieces * piece {
 					if _, err := p.WriteAt(0, b, off); err != nil {
-						errs <- err
-						return
+						return err
 					}
 				}
-			})
-			wg.Go(func() {
+				return nil
+			}, func() error {
 				b := bytes.Repeat([]byte{byte('A' + w)}, int(2*p.blockSize))
 				for i := range int64(16) {
 					if _, err := p.WriteAt(0, b, (16+w*32+2*i)*p.blockSize); err != nil {
-						errs <- err
-						return
+						return err
 					}
 				}
+				return nil
 			})
 		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+		concurrently(t, fns...)
 		got := make([]byte, span)
 		if _, err := p.ReadAt(0, got, 0); err != nil {
 			t.Fatal(err)
@@ -212,24 +205,19 @@ func TestWritesProvisionRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	const writers, requests, blocks = 32, 4, 8
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
+	var fns []func() error
 	for w := range int64(writers) {
-		wg.Go(func() {
+		fns = append(fns, func() error {
 			b := make([]byte, blocks*p.blockSize)
 			for r := range int64(requests) {
 				if _, err := p.WriteAt(0, b, (r*writers+w)*blocks*p.blockSize); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	concurrently(t, fns...)
 	mapped := poolMappings(t, p)[0]
 	for req := range uint64(writers * requests) {
 		first := mapped[req*blocks]

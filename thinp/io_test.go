@@ -17,25 +17,20 @@ func TestOverlappingWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	const writers, blocks = 4, 64
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
+	var fns []func() error
 	for w := range writers {
-		wg.Go(func() {
+		fns = append(fns, func() error {
 			buf := bytes.Repeat([]byte{byte('a' + w)}, int(8*p.blockSize))
 			for i := range 40 {
 				first := int64((i*7 + w*13) % (blocks - 8))
 				if _, err := p.WriteAt(0, buf, first*p.blockSize); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	concurrently(t, fns...)
 	if err := p.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -82,5 +77,22 @@ func TestWriteRunsOutMidway(t *testing.T) {
 	want := append(bytes.Repeat([]byte("z"), 4<<16), make([]byte, 6<<16)...)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("read back: %q... at the fifth block", got[4<<16:4<<16+8])
+	}
+}
+
+// concurrently runs fns at once and fails t with their first error.
+func concurrently(t testing.TB, fns ...func() error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(fns))
+	for _, fn := range fns {
+		wg.Go(func() { errs <- fn() })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }
