@@ -29,12 +29,20 @@ const copyBufferSize = 1 << 20
 // hashing r sees every byte. Apply does not sync: callers sync the file
 // system once.
 func Apply(dir string, r io.Reader, opts ApplyOptions) (int64, error) {
+	a, err := newApplier(dir, opts)
+	if err != nil {
+		return 0, err
+	}
+	return a.finish(a.apply(r))
+}
+
+func newApplier(dir string, opts ApplyOptions) (*applier, error) {
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return 0, fmt.Errorf("apply layer: %w", err)
+		return nil, fmt.Errorf("apply layer: %w", err)
 	}
 	if !fi.IsDir() {
-		return 0, fmt.Errorf("apply layer: %s is not a directory: %w", dir, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("apply layer: %s is not a directory: %w", dir, errdefs.ErrInvalid)
 	}
 	a := &applier{
 		root:    dir,
@@ -45,7 +53,12 @@ func Apply(dir string, r io.Reader, opts ApplyOptions) (int64, error) {
 		written: map[string]mark{"": markedParent},
 	}
 	a.files = newFileWriters(a)
-	err = a.apply(r)
+	return a, nil
+}
+
+// finish waits for the file writers, then sets the directories' times; err
+// is the error of the entries, if any.
+func (a *applier) finish(err error) (int64, error) {
 	if cerr := a.files.close(); err == nil {
 		err = cerr
 	}

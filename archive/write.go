@@ -21,8 +21,33 @@ import (
 // "etc/passwd"), hard links as links to the first name, nanosecond mtimes
 // and xattrs as PAX records. The aufs metadata directories are left out.
 func WriteDir(w io.Writer, dir string, opts WriteOptions) error {
-	dir = filepath.Clean(dir)
+	return writeDir(newTarWriter(w), dir, opts)
+}
+
+// EntryWriter is a writer that is told where the entries of the tar written
+// to it lie, as tar-split records them: Entry comes after the header (and the
+// padding before it) of each entry is written, before its content.
+type EntryWriter interface {
+	io.Writer
+	Entry(name string, size int64) error
+}
+
+// CopyDir writes the tree at src to w as WriteDir does and, in the same
+// pass, extracts each entry it writes into dst as Apply would extract that
+// tar: a commit makes its new layer from the container's files without
+// parsing the tar it wrote. It returns what Apply returns.
+func CopyDir(w EntryWriter, src, dst string, wopts WriteOptions, aopts ApplyOptions) (int64, error) {
+	a, err := newApplier(dst, aopts)
+	if err != nil {
+		return 0, err
+	}
 	tw := newTarWriter(w)
+	tw.entries, tw.mirror = w, a
+	return a.finish(writeDir(tw, src, wopts))
+}
+
+func writeDir(tw *tarWriter, dir string, opts WriteOptions) error {
+	dir = filepath.Clean(dir)
 	err := filepath.WalkDir(dir, func(full string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -142,6 +167,20 @@ type tarWriter struct {
 	buf []byte
 	// links maps each inode with several names to the first name written.
 	links map[fileID]string
+	// CopyDir's: told of each entry, and extracting each entry.
+	entries EntryWriter
+	mirror  *applier
+}
+
+// writeHeader writes hdr and tells the entry writer, if any.
+func (tw *tarWriter) writeHeader(hdr *tar.Header) error {
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if tw.entries == nil {
+		return nil
+	}
+	return tw.entries.Entry(hdr.Name, hdr.Size)
 }
 
 func newTarWriter(w io.Writer) *tarWriter {
@@ -201,28 +240,50 @@ func (tw *tarWriter) writeFile(full, name string, st *unix.Stat_t) error {
 			hdr.PAXRecords[paxXattr+name] = value
 		}
 	}
-	if err := tw.WriteHeader(hdr); err != nil {
+	if err := tw.writeHeader(hdr); err != nil {
 		return err
 	}
 	if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
-		return nil
+		return tw.mirrorEntry(hdr)
 	}
 	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return os.NewSyscallError("open "+full, err)
 	}
 	defer unix.Close(fd)
-	n, err := io.CopyBuffer(tw, io.LimitReader(fdReader(fd), hdr.Size), tw.buf)
+	content := io.LimitReader(fdReader(fd), hdr.Size)
+	var n int64
+	if tw.mirror == nil {
+		n, err = io.CopyBuffer(tw, content, tw.buf)
+	} else {
+		// The applier reads the content, and each read goes to the tar too.
+		counted := &countingReader{r: io.TeeReader(content, tw.Writer)}
+		err = tw.mirror.entry(hdr, counted)
+		n = counted.n
+	}
 	if err == nil && n != hdr.Size {
 		err = fmt.Errorf("%s shrank while it was written", full)
 	}
 	return err
 }
 
+// mirrorEntry extracts an entry without content, when there is a mirror.
+func (tw *tarWriter) mirrorEntry(hdr *tar.Header) error {
+	if tw.mirror == nil {
+		return nil
+	}
+	return tw.mirror.entry(hdr, eof{})
+}
+
+// eof is the content of an entry that has none.
+type eof struct{}
+
+func (eof) Read([]byte) (int, error) { return 0, io.EOF }
+
 // writeMarker writes an empty whiteout file named name, with the owner and
 // time of st.
 func (tw *tarWriter) writeMarker(name string, st *unix.Stat_t) error {
-	return tw.WriteHeader(&tar.Header{
+	hdr := &tar.Header{
 		Name:     name,
 		Typeflag: tar.TypeReg,
 		Mode:     0o600, // as Docker writes whiteouts
@@ -230,5 +291,9 @@ func (tw *tarWriter) writeMarker(name string, st *unix.Stat_t) error {
 		Gid:      int(st.Gid),
 		ModTime:  time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
 		Format:   tar.FormatPAX,
-	})
+	}
+	if err := tw.writeHeader(hdr); err != nil {
+		return err
+	}
+	return tw.mirrorEntry(hdr)
 }

@@ -91,6 +91,19 @@ type DiffDriver interface {
 	DiffSize(id, parent string) (int64, error)
 }
 
+// DiffCopier is a driver that can copy one layer's diff into a new layer in
+// one pass, as a commit does: it reads each file once, writing it both to
+// the tar and to the new layer, where ApplyDiff of the tar that Diff wrote
+// would parse that tar again.
+type DiffCopier interface {
+	// CopyDiff writes the layer tar of from against fromParent to w, as
+	// Diff does, and makes the new layer id (on parent) hold it, as
+	// ApplyDiff of that tar would; it returns what ApplyDiff returns. It
+	// fails with errdefs.ErrNotSupported, having done nothing, for layers
+	// it cannot copy so.
+	CopyDiff(id, parent, from, fromParent string, w archive.EntryWriter) (int64, error)
+}
+
 // Driver is a ProtoDriver with diff support, native or naive.
 type Driver interface {
 	ProtoDriver

@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/strata-storage/strata/archive"
+	"github.com/strata-storage/strata/driver"
 	"github.com/strata-storage/strata/errdefs"
 )
 
@@ -32,7 +33,12 @@ var errRaced = errors.New("layer registered concurrently")
 type Source struct {
 	DiffID digest.Digest                 // expected diff ID; verified after apply
 	Open   func() (io.ReadCloser, error) // the layer tar, compressed or not
+
+	diffOf *driverLayer // instead of Open: the diff of a driver layer (RegisterDiff)
 }
+
+// driverLayer is a layer of the driver and the parent its diff is taken against.
+type driverLayer struct{ id, parent string }
 
 // RegisterChain registers a stack of layers on top of parent ("" = none),
 // base first, skipping those already present, in parallel where the driver
@@ -57,6 +63,20 @@ func (s *Store) RegisterChain(ctx context.Context, lease *Lease, parent digest.D
 // known in advance, on top of parent, held by lease.
 func (s *Store) Register(ctx context.Context, lease *Lease, parent digest.Digest, r io.Reader) (Layer, error) {
 	src := Source{Open: func() (io.ReadCloser, error) { return io.NopCloser(r), nil }}
+	layers, err := s.register(ctx, lease, parent, []Source{src})
+	if err != nil {
+		return Layer{}, err
+	}
+	return layers[0], nil
+}
+
+// RegisterDiff registers the diff of the driver's layer from against
+// fromParent (a container's read-write layer against its init layer) on top
+// of parent, held by lease: what a commit does. A driver.DiffCopier makes
+// the new layer from from's files while their tar is hashed; for the other
+// drivers the tar of the diff is extracted.
+func (s *Store) RegisterDiff(ctx context.Context, lease *Lease, parent digest.Digest, from, fromParent string) (Layer, error) {
+	src := Source{diffOf: &driverLayer{from, fromParent}}
 	layers, err := s.register(ctx, lease, parent, []Source{src})
 	if err != nil {
 		return Layer{}, err
@@ -230,17 +250,6 @@ func (s *Store) applyConcurrently(ctx context.Context, parentCacheID string, tod
 // hash and count, record the tar's headers and padding (tar-split) and let
 // the driver extract it. Nothing of the content is buffered.
 func (s *Store) apply(ctx context.Context, n *newLayer, parentCacheID string) error {
-	rc, err := n.src.Open()
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	tarStream, _, err := archive.DecompressStream(ctxReader{ctx, rc})
-	if err != nil {
-		return err
-	}
-	defer tarStream.Close()
-
 	f, err := os.OpenFile(s.tmpTarSplitPath(n.cacheID), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -250,23 +259,24 @@ func (s *Store) apply(ctx context.Context, n *newLayer, parentCacheID string) er
 	if err != nil {
 		return err
 	}
+	packer := storage.NewJSONPacker(zw)
 
-	digester := digest.SHA256.Digester()
-	var tarSize byteCounter
-	hashed := io.TeeReader(tarStream, io.MultiWriter(digester.Hash(), &tarSize))
-	split, done, err := asm.NewInputTarStreamWithDone(hashed, storage.NewJSONPacker(zw), nil)
-	if err != nil {
-		return err
-	}
-	size, err := s.driver.ApplyDiff(n.cacheID, parentCacheID, split)
-	if err == nil {
-		// The driver may stop at the end-of-archive marker; the padding
-		// after it is part of the tar and of its diff ID.
-		_, err = io.Copy(io.Discard, split)
-	}
-	split.Close()
-	if splitErr := <-done; err == nil {
-		err = splitErr
+	var a applied
+	if from := n.src.diffOf; from != nil {
+		a, err = s.copyDiff(n.cacheID, parentCacheID, from, packer)
+		if errors.Is(err, errdefs.ErrNotSupported) {
+			var rc io.ReadCloser
+			if rc, err = s.driver.Diff(from.id, from.parent); err == nil {
+				a, err = s.extract(ctx, n.cacheID, parentCacheID, rc, packer)
+				err = errors.Join(err, rc.Close())
+			}
+		}
+	} else {
+		var rc io.ReadCloser
+		if rc, err = n.src.Open(); err == nil {
+			a, err = s.extract(ctx, n.cacheID, parentCacheID, rc, packer)
+			err = errors.Join(err, rc.Close())
+		}
 	}
 	if err != nil {
 		return err
@@ -278,13 +288,63 @@ func (s *Store) apply(ctx context.Context, n *newLayer, parentCacheID string) er
 		return err
 	}
 
-	n.diffID = digester.Digest()
+	n.diffID = a.diffID
 	if n.src.DiffID != "" && n.diffID != n.src.DiffID {
 		return fmt.Errorf("layer diff ID mismatch: got %s, want %s: %w", n.diffID, n.src.DiffID, errdefs.ErrInvalid)
 	}
-	n.size, n.tarSize = size, int64(tarSize)
+	n.size, n.tarSize = a.size, a.tarSize
 	s.flush.start(s.driverRoot())
 	return nil
+}
+
+// applied is what applying a layer tar found.
+type applied struct {
+	diffID  digest.Digest
+	size    int64 // bytes of content, as the driver counts them
+	tarSize int64
+}
+
+// extract has the driver extract the layer tar r (compressed or not) into
+// layer id while the tar is hashed and packed.
+func (s *Store) extract(ctx context.Context, id, parent string, r io.Reader, packer storage.Packer) (applied, error) {
+	tarStream, _, err := archive.DecompressStream(ctxReader{ctx, r})
+	if err != nil {
+		return applied{}, err
+	}
+	defer tarStream.Close()
+	digester := digest.SHA256.Digester()
+	var tarSize byteCounter
+	hashed := io.TeeReader(tarStream, io.MultiWriter(digester.Hash(), &tarSize))
+	split, done, err := asm.NewInputTarStreamWithDone(hashed, packer, nil)
+	if err != nil {
+		return applied{}, err
+	}
+	size, err := s.driver.ApplyDiff(id, parent, split)
+	if err == nil {
+		// The driver may stop at the end-of-archive marker; the padding
+		// after it is part of the tar and of its diff ID.
+		_, err = io.Copy(io.Discard, split)
+	}
+	split.Close()
+	if splitErr := <-done; err == nil {
+		err = splitErr
+	}
+	return applied{digester.Digest(), size, int64(tarSize)}, err
+}
+
+// copyDiff has a driver.DiffCopier copy the diff of from into layer id,
+// recording the tar it writes; other drivers fail with ErrNotSupported.
+func (s *Store) copyDiff(id, parent string, from *driverLayer, packer storage.Packer) (applied, error) {
+	c, ok := s.driver.(driver.DiffCopier)
+	if !ok {
+		return applied{}, errdefs.ErrNotSupported
+	}
+	rec := newTarRecorder(packer)
+	size, err := c.CopyDiff(id, parent, from.id, from.parent, rec)
+	if err == nil {
+		err = rec.Close()
+	}
+	return applied{rec.digester.Digest(), size, rec.size}, err
 }
 
 // record records the applied layers of todo on top of parent in one

@@ -86,14 +86,8 @@ type imageFields struct {
 }
 
 func (s *Store) commit(ctx context.Context, lease *layer.Lease, c container.Container, parent parentImage, f imageFields, opts CommitOptions, tags []string) (image.Image, layer.Layer, error) {
-	diff, err := s.Containers().Diff(c)
-	if err != nil {
-		return image.Image{}, layer.Layer{}, err
-	}
-	l, err := s.layers.Register(ctx, lease, c.Top, diff)
-	if cerr := diff.Close(); err == nil {
-		err = cerr
-	}
+	// The container's diff is against its init layer, whose files a commit leaves out.
+	l, err := s.layers.RegisterDiff(ctx, lease, c.Top, c.ID, c.InitID())
 	if err != nil {
 		return image.Image{}, layer.Layer{}, fmt.Errorf("commit %s: %w", c.Name, err)
 	}

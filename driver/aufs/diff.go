@@ -1,6 +1,7 @@
 package aufs
 
 import (
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/strata-storage/strata/archive"
+	"github.com/strata-storage/strata/errdefs"
 	"github.com/strata-storage/strata/unionfs"
 )
 
@@ -56,6 +58,24 @@ func (d *Driver) Diff(id, parent string) (io.ReadCloser, error) {
 		pw.CloseWithError(archive.WriteDir(pw, l.branches[0], archive.WriteOptions{Whiteouts: archive.WhiteoutAUFS}))
 	}()
 	return pr, nil
+}
+
+// CopyDiff copies diff/<from> into diff/<id>, writing its tar on the way
+// (driver.DiffCopier). Both must be diffs against their own parents.
+func (d *Driver) CopyDiff(id, parent, from, fromParent string, w archive.EntryWriter) (int64, error) {
+	l, ok, err := d.native(id, parent)
+	if err != nil {
+		return 0, err
+	}
+	f, fromOK, err := d.native(from, fromParent)
+	if err != nil {
+		return 0, err
+	}
+	if !ok || !fromOK {
+		return 0, fmt.Errorf("copy the diff of %s onto %s: not a diff against its own parent: %w", from, id, errdefs.ErrNotSupported)
+	}
+	opts := archive.WhiteoutAUFS
+	return archive.CopyDir(w, f.branches[0], l.branches[0], archive.WriteOptions{Whiteouts: opts}, archive.ApplyOptions{Whiteouts: opts})
 }
 
 // DiffSize counts the lstat size of everything but directories in

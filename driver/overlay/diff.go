@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -10,8 +11,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/strata-storage/strata/archive"
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-storage/strata/archive"
+	"github.com/strata-storage/strata/errdefs"
 )
 
 const opaqueXattr = "trusted.overlay.opaque"
@@ -288,4 +291,23 @@ func isOpaque(p string) bool {
 	buf := make([]byte, 1)
 	n, err := unix.Lgetxattr(p, opaqueXattr, buf)
 	return err == nil && n == 1 && buf[0] == 'y'
+}
+
+// CopyDiff copies the diff dir of from into the diff dir of id, writing its
+// tar on the way (driver.DiffCopier). Both must be diffs against their own
+// parents.
+func (d *Driver) CopyDiff(id, parent, from, fromParent string, w archive.EntryWriter) (int64, error) {
+	l, ok, err := d.native(id, parent)
+	if err != nil {
+		return 0, err
+	}
+	f, fromOK, err := d.native(from, fromParent)
+	if err != nil {
+		return 0, err
+	}
+	if !ok || !fromOK {
+		return 0, fmt.Errorf("copy the diff of %s onto %s: not a diff against its own parent: %w", from, id, errdefs.ErrNotSupported)
+	}
+	opts := archive.WhiteoutOverlay
+	return archive.CopyDir(w, f.diff, l.diff, archive.WriteOptions{Whiteouts: opts}, archive.ApplyOptions{Whiteouts: opts})
 }
