@@ -11,6 +11,8 @@ import (
 	"path"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-storage/strata/errdefs"
 )
 
@@ -59,12 +61,84 @@ func openFiles(ctx context.Context, r io.Reader, tmpDir string) (files, error) {
 	return spool(ctx, r, tmpDir)
 }
 
-// spool copies r to an unlinked temporary file under tmpDir and indexes it.
+// spoolInMemory bounds the part of an archive spooled in memory: an eighth
+// of the machine's memory. A spool file under the store's root would share
+// its file system, whose syncfs at the end of the load would write the
+// whole spool to disk along with the layers.
+var spoolInMemory = func() int64 {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
+		return 0
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 8
+}()
+
+// spool copies r to memory (a memfd), or to an unlinked temporary file under
+// tmpDir once it outgrows spoolInMemory, and indexes it.
 func spool(ctx context.Context, r io.Reader, tmpDir string) (files, error) {
-	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+	w := &spoolWriter{tmpDir: tmpDir}
+	fd, err := unix.MemfdCreate("strata-load", unix.MFD_CLOEXEC)
+	if err == nil {
+		w.f, w.inMemory = os.NewFile(uintptr(fd), "strata-load"), true
+	} else if w.f, err = tempFile(tmpDir); err != nil {
 		return nil, err
 	}
-	f, err := os.CreateTemp(tmpDir, "load-*.tar")
+	if _, err := io.CopyBuffer(w, ctxReader{ctx, r}, make([]byte, 1<<20)); err != nil {
+		w.f.Close()
+		return nil, fmt.Errorf("reading archive: %w", err)
+	}
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		w.f.Close()
+		return nil, err
+	}
+	return indexTar(w.f, w.f, w.f)
+}
+
+// spoolWriter writes to its file, moving what it holds from memory to disk
+// when it outgrows spoolInMemory.
+type spoolWriter struct {
+	f        *os.File
+	n        int64
+	inMemory bool // f is a memfd
+	tmpDir   string
+}
+
+func (w *spoolWriter) Write(p []byte) (int, error) {
+	if w.inMemory && w.n+int64(len(p)) > spoolInMemory {
+		if err := w.moveToDisk(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := w.f.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *spoolWriter) moveToDisk() error {
+	d, err := tempFile(w.tmpDir)
+	if err != nil {
+		return err
+	}
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		d.Close()
+		return err
+	}
+	// Hiding ReadFrom makes the copy use io.Copy's buffer, not a splice.
+	if _, err := io.Copy(struct{ io.Writer }{d}, w.f); err != nil {
+		d.Close()
+		return err
+	}
+	w.f.Close()
+	w.f, w.inMemory = d, false
+	return nil
+}
+
+// tempFile creates an unlinked file under dir.
+func tempFile(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(dir, "load-*.tar")
 	if err != nil {
 		return nil, err
 	}
@@ -72,16 +146,7 @@ func spool(ctx context.Context, r io.Reader, tmpDir string) (files, error) {
 		f.Close()
 		return nil, err
 	}
-	// Hiding f's ReadFrom makes the copy use the large buffer.
-	if _, err := io.CopyBuffer(struct{ io.Writer }{f}, ctxReader{ctx, r}, make([]byte, 1<<20)); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("reading archive: %w", err)
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return indexTar(f, f, f)
+	return f, nil
 }
 
 // tarFiles are the regular files of a tar read in place.

@@ -240,6 +240,34 @@ func TestLoadStdin(t *testing.T) {
 	}
 }
 
+// TestLoadStdinSpoolsToDisk loads a stream bigger than the memory spool
+// allows: what was spooled in memory moves to a file, and the load works.
+func TestLoadStdinSpoolsToDisk(t *testing.T) {
+	defer func(n int64) { spoolInMemory = n }(spoolInMemory)
+	spoolInMemory = 4096
+	s := openStore(t)
+	l := layerTar(t, "overflow")
+	config := imageConfig(t, "overflow", l)
+	data := makeTar(t, ociImage(t, config, [][]byte{gzipped(t, l)}, map[string]string{ocispec.AnnotationRefName: "spooled:1"})...)
+	if len(data) <= int(spoolInMemory) {
+		t.Fatalf("the archive (%d bytes) fits the memory spool", len(data))
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		for b := data; len(b) > 0; b = b[min(1000, len(b)):] { // in pieces, across the limit
+			if _, err := pw.Write(b[:min(1000, len(b))]); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	mustLoad(t, s, pr)
+	checkImage(t, s, config, "spooled:1")
+	if entries, _ := os.ReadDir(filepath.Join(s.Root(), "tmp")); len(entries) != 0 {
+		t.Errorf("spool files left: %v", entries)
+	}
+}
+
 func writeAll(w io.Writer, data []byte) error {
 	_, err := w.Write(data)
 	return err
