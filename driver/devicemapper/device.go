@@ -30,6 +30,11 @@ type transaction struct {
 	ID            string `json:"device_hash"`
 	DeviceID      uint32 `json:"device_id"`
 	TransactionID uint64 `json:"open_transaction_id"`
+	// A create that hands the parent's mounted device over to the child
+	// (keep.go) names the parent and its device: the child's record takes
+	// that device, the parent's the snapshot (DeviceID).
+	Parent       string `json:"handed_over_by,omitempty"`
+	ParentDevice uint32 `json:"handed_over_device,omitempty"`
 }
 
 func (d *Driver) deviceSetPath() string   { return filepath.Join(d.root, "deviceset.json") }
@@ -142,6 +147,11 @@ func (d *Driver) CreateReadWrite(id, parent string, opts *driver.CreateOpts) err
 // record's, is the moment the layer is made: a create costs one opening of
 // the pool and one flush of the file system holding the root (one journal
 // commit) besides the pool's own.
+//
+// When the parent is kept mounted by ApplyDiff, the child takes over its
+// device, mount and page cache, and the parent the snapshot: the parent's
+// record, replaced atomically after the transaction record is flushed,
+// names the snapshot, and a crash before the commit restores it (rollBack).
 func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 	if err := driver.ValidID(id); err != nil {
 		return err
@@ -151,49 +161,89 @@ func (d *Driver) create(id, parent string, opts *driver.CreateOpts) error {
 			return fmt.Errorf("create layer %s: %w", id, err)
 		}
 	}
+	var handedOver *kept
 	err := d.withDeviceSet(func() error {
 		if d.Exists(id) {
 			return errdefs.ErrExists
 		}
-		origin := d.base
-		if parent != "" {
-			p, err := d.load(parent)
-			if err != nil {
-				return fmt.Errorf("parent %s: %w", parent, errdefs.ErrNotFound)
-			}
-			origin = p
+		if parent == "" {
+			return d.snapshot(id, "", d.base, false)
 		}
-		set, err := d.loadDeviceSet()
+		p, err := d.load(parent)
 		if err != nil {
-			return err
+			return fmt.Errorf("parent %s: %w", parent, errdefs.ErrNotFound)
 		}
-		tx := transaction{Op: "create", ID: id}
-		for tx.DeviceID = set.NextDeviceID; ; tx.DeviceID = (tx.DeviceID + 1) % (thinp.MaxDeviceID + 1) {
-			err := d.pool.PreparedSnap(tx.DeviceID, origin.DeviceID, func(st server.Status) error {
-				if err := d.checkFreeSpace(st); err != nil {
-					return err
-				}
-				tx.TransactionID = st.TransactionID + 1
-				return d.record(tx, parent, deviceInfo{DeviceID: tx.DeviceID, Size: origin.Size, TransactionID: tx.TransactionID, Initialized: true})
-			})
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, errdefs.ErrExists) {
-				return errors.Join(err, d.unrecord(id))
-			}
+		k := d.take(parent)
+		if k == nil {
+			d.releaseKept("") // a load has gone on to another chain
+			return d.snapshot(id, parent, p, false)
 		}
-		set.NextDeviceID = (tx.DeviceID + 1) % (thinp.MaxDeviceID + 1)
-		if err := writeJSON(d.deviceSetPath(), set, false); err != nil {
-			return err
+		// No holder can appear while the device changes hands.
+		err = d.mounts.IfUnused(parent, func() error { return d.snapshot(id, parent, p, true) })
+		if errors.Is(err, errdefs.ErrInUse) { // someone mounted it over: not ours
+			return d.snapshot(id, parent, p, false)
 		}
-		// A record left by a crash from here on names a complete create.
-		return os.Remove(d.transactionPath())
+		if err == nil {
+			handedOver = k
+		} else {
+			d.drop(parent)
+		}
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create layer %s: %w", id, err)
 	}
+	if handedOver != nil {
+		d.handOver(parent, id, handedOver.dev)
+	}
 	return nil
+}
+
+// snapshot makes layer id's device, a snapshot of origin, the device of
+// parent ("" for the base); with handOver, id takes origin's device and
+// parent the snapshot. Call it holding the device set.
+func (d *Driver) snapshot(id, parent string, origin deviceInfo, handOver bool) error {
+	set, err := d.loadDeviceSet()
+	if err != nil {
+		return err
+	}
+	tx := transaction{Op: "create", ID: id}
+	if handOver {
+		tx.Parent, tx.ParentDevice = parent, origin.DeviceID
+	}
+	for tx.DeviceID = set.NextDeviceID; ; tx.DeviceID = (tx.DeviceID + 1) % (thinp.MaxDeviceID + 1) {
+		err := d.pool.PreparedSnap(tx.DeviceID, origin.DeviceID, func(st server.Status) error {
+			if err := d.checkFreeSpace(st); err != nil {
+				return err
+			}
+			tx.TransactionID = st.TransactionID + 1
+			info := deviceInfo{DeviceID: tx.DeviceID, Size: origin.Size, TransactionID: tx.TransactionID, Initialized: true}
+			if !handOver {
+				return d.record(tx, parent, info)
+			}
+			info.DeviceID = origin.DeviceID
+			if err := d.record(tx, parent, info); err != nil {
+				return err
+			}
+			info.DeviceID = tx.DeviceID
+			return writeJSON(filepath.Join(d.metaDir(parent), "device"), info, true)
+		})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errdefs.ErrExists) {
+			if handOver {
+				err = errors.Join(err, writeJSON(filepath.Join(d.metaDir(parent), "device"), origin, true))
+			}
+			return errors.Join(err, d.unrecord(id))
+		}
+	}
+	set.NextDeviceID = (tx.DeviceID + 1) % (thinp.MaxDeviceID + 1)
+	if err := writeJSON(d.deviceSetPath(), set, false); err != nil {
+		return err
+	}
+	// A record left by a crash from here on names a complete create.
+	return os.Remove(d.transactionPath())
 }
 
 // record writes the open transaction tx, the layer's record meta/<id> and
@@ -263,6 +313,7 @@ func (d *Driver) checkFreeSpace(st server.Status) error {
 
 // Remove deletes the layer's device, which frees its blocks in the pool.
 func (d *Driver) Remove(id string) error {
+	d.releaseKept(id)
 	c := d.pool
 	err := d.withDeviceSet(func() error {
 		info, err := d.load(id)
@@ -374,6 +425,9 @@ func (d *Driver) mounter(id string, info deviceInfo) func() error {
 	return func() error {
 		if unmade, err := d.unmade(id); err != nil || unmade {
 			return errors.Join(err, fmt.Errorf("layer %s: its create did not complete: %w", id, errdefs.ErrNotFound))
+		}
+		if d.take(id) != nil { // kept mounted by this process
+			return nil
 		}
 		dir, staging := d.mountDir(id), d.mountDir(".staging-"+id)
 		if err := errors.Join(unmountDir(dir), unmountDir(staging)); err != nil {
@@ -497,6 +551,11 @@ func (d *Driver) recover(m *driver.Mounts) error {
 // rollBack finishes a delete, and undoes a create whose snapshot was not
 // committed.
 func (d *Driver) rollBack(tx transaction) error {
+	if tx.Op == "create" && tx.Parent != "" {
+		if err := d.settleHandOver(tx); err != nil {
+			return err
+		}
+	}
 	if tx.Op == "create" && d.Exists(tx.ID) {
 		unmade, err := d.unmade(tx.ID)
 		if err != nil {
@@ -521,6 +580,28 @@ func (d *Driver) rollBack(tx transaction) error {
 		return err
 	}
 	return os.Remove(d.transactionPath())
+}
+
+// settleHandOver gives the parent of a create that took over its device
+// the snapshot if the create was made, its own device back if not.
+func (d *Driver) settleHandOver(tx transaction) error {
+	made := false
+	if d.Exists(tx.ID) {
+		unmade, err := d.unmade(tx.ID)
+		if err != nil {
+			return err
+		}
+		made = !unmade
+	}
+	info, err := d.load(tx.Parent)
+	if err != nil {
+		return err
+	}
+	info.DeviceID = tx.ParentDevice
+	if made {
+		info.DeviceID = tx.DeviceID
+	}
+	return writeJSON(filepath.Join(d.metaDir(tx.Parent), "device"), info, true)
 }
 
 // unmade tells whether layer id is recorded by a create whose snapshot was

@@ -74,8 +74,9 @@ type Driver struct {
 	held    *driver.Root // d.mounts is held.Mounts
 	base    deviceInfo
 
-	mu   sync.Mutex // guards hold
+	mu   sync.Mutex // guards hold and kept
 	hold io.Closer  // keeps the pool's server up while this driver uses it
+	kept *kept      // the layer ApplyDiff left mounted for its child
 }
 
 // deviceInfo is a layer's device, in the fields of Docker's metadata files.
@@ -323,8 +324,9 @@ func (d *Driver) Metadata(id string) (map[string]string, error) {
 }
 
 // Capabilities: a child is a snapshot of its parent, so the parent must be
-// complete first; a read-write layer is durable once created, at the cost
-// of a few flushes (create).
+// complete first (a load creates each layer on the mount of its parent:
+// keep.go); a read-write layer is durable once created, at the cost of a
+// few flushes (create).
 func (d *Driver) Capabilities() driver.Capabilities {
 	return driver.Capabilities{ParallelApply: false, DurableReadWrite: true}
 }
@@ -334,6 +336,7 @@ func (d *Driver) Capabilities() driver.Capabilities {
 // process uses the root, it waits for the server to exit, unless a pinned
 // device keeps it.
 func (d *Driver) Cleanup() error {
+	d.releaseKept("")
 	err := d.held.Close(d.unmount)
 	d.mu.Lock()
 	if d.hold != nil {
