@@ -135,13 +135,7 @@ func (s *Store) commit(ctx context.Context, lease *layer.Lease, c container.Cont
 	if err != nil {
 		return image.Image{}, layer.Layer{}, err
 	}
-	img, err := s.CreateImage(config, tags...)
-	if err == nil && parent.id != "" {
-		err = s.images.SetParent(img.ID, parent.id)
-	}
-	if err == nil {
-		img, err = s.images.Get(img.ID)
-	}
+	img, err := s.createImage(config, parent.id, tags)
 	return img, l, err
 }
 

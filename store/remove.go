@@ -20,6 +20,12 @@ import (
 // transaction, once the config's layers are registered (the loaders call it
 // while their lease still holds them).
 func (s *Store) CreateImage(config []byte, refs ...string) (image.Image, error) {
+	return s.createImage(config, "", refs)
+}
+
+// createImage creates the image of config, with parent as its local parent
+// when not "", and tags it with refs, in one transaction.
+func (s *Store) createImage(config []byte, parent digest.Digest, refs []string) (image.Image, error) {
 	var img image.Image
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := image.NewTxn(tx)
@@ -32,6 +38,11 @@ func (s *Store) CreateImage(config []byte, refs ...string) (image.Image, error) 
 			if _, err := layer.Lookup(tx, top); errors.Is(err, errdefs.ErrNotFound) {
 				return fmt.Errorf("image %s: top layer %s is not registered: %w", img.ID, top, errdefs.ErrInvalid)
 			} else if err != nil {
+				return err
+			}
+		}
+		if parent != "" {
+			if err := t.SetParent(img.ID, parent); err != nil {
 				return err
 			}
 		}
