@@ -40,7 +40,7 @@ func (a *applier) regular(p string, hdr *tar.Header, r io.Reader) error {
 func (a *applier) writeFile(full string, hdr *tar.Header, r io.Reader, buf []byte) (int64, error) {
 	var fd int
 	err := replace(full, false, func() (err error) {
-		fd, err = unix.Open(full, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		fd, err = unix.Open(full, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode(hdr)&0o777)
 		return os.NewSyscallError("open", err)
 	})
 	if err != nil {
@@ -51,11 +51,7 @@ func (a *applier) writeFile(full string, hdr *tar.Header, r io.Reader, buf []byt
 		unix.Close(fd)
 		return n, streamErr(err)
 	}
-	// chown clears setuid bits and file capabilities: mode and xattrs follow it.
-	err = a.chown(unix.Fchown(fd, hdr.Uid, hdr.Gid))
-	if err == nil {
-		err = os.NewSyscallError("fchmod", unix.Fchmod(fd, mode(hdr)))
-	}
+	err = a.fileMeta(fd, hdr)
 	if err == nil {
 		err = a.setXattrs(hdr, func(name string, value []byte) error {
 			return unix.Fsetxattr(fd, name, value, 0)
@@ -68,6 +64,28 @@ func (a *applier) writeFile(full string, hdr *tar.Header, r io.Reader, buf []byt
 		err = os.NewSyscallError("close", cerr)
 	}
 	return n, err
+}
+
+// fileMeta gives the new open file fd the owner and mode of hdr. Most files
+// already have them from the open (a root applier's own files, a mode the
+// umask left alone), and a chown or chmod costs a journaled inode update
+// even when it changes nothing, so fstat says which are needed.
+func (a *applier) fileMeta(fd int, hdr *tar.Header) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return os.NewSyscallError("fstat", err)
+	}
+	chown := int(st.Uid) != hdr.Uid || int(st.Gid) != hdr.Gid
+	if chown {
+		if err := a.chown(unix.Fchown(fd, hdr.Uid, hdr.Gid)); err != nil {
+			return err
+		}
+	}
+	// chown clears setuid bits and file capabilities: mode and xattrs follow it.
+	if chown || st.Mode&0o7777 != mode(hdr) {
+		return os.NewSyscallError("fchmod", unix.Fchmod(fd, mode(hdr)))
+	}
+	return nil
 }
 
 // futimens sets the times of hdr on an open file: utimensat with a NULL
