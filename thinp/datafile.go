@@ -22,8 +22,14 @@ import (
 // A direct write into a hole of the file (ext4, xfs) allocates under the
 // inode's lock held until the write completes: the device's parallel
 // writes would go to the disk one at a time. The pool therefore allocates
-// the file ahead of its data block allocator, a chunk at a time: direct
-// writes into allocated (even unwritten) space run in parallel.
+// the file ahead of its data block allocator: direct writes into allocated
+// (even unwritten) space run in parallel. An fallocate is no free either:
+// it takes the inode's lock only once every direct write in flight is done
+// and holds back new ones meanwhile (27 ms on a loaded disk, for 0.3 ms of
+// allocating), so while the allocator keeps moving on, each allocation
+// takes twice as many chunks as the one before, up to 1 GiB at once: a
+// stream of new blocks stalls 5 times in its first GiB and once a GiB
+// after it, not 16 times a GiB.
 //
 // Direct I/O needs offsets, lengths and memory aligned. go-fuse aligns the
 // data of write requests; other buffers go through an aligned bounce
@@ -45,6 +51,8 @@ type dataFile struct {
 	// allocated holds the chunks this process has allocated (or tried to:
 	// allocation is best effort, a write into a hole works too).
 	allocated map[int64]bool
+	// run is how many chunks the last allocation took.
+	run int64
 }
 
 const (
@@ -54,8 +62,10 @@ const (
 	// pageAlign is the alignment of bounce buffers, enough for any disk.
 	pageAlign = 4096
 	// allocChunk is how much of the file is allocated at once, ahead of
-	// the blocks the data block allocator hands out next.
-	allocChunk = 64 << 20
+	// the blocks the data block allocator hands out next, when the chunk
+	// before it is not allocated; maxAllocRun chunks at most when it is.
+	allocChunk  = 64 << 20
+	maxAllocRun = 16
 )
 
 // bounceBuffers recycles aligned bounce buffers of bounceSize bytes.
@@ -125,7 +135,9 @@ func (d *dataFile) Truncate(size int64) error {
 }
 
 // allocate makes sure the chunk of the file holding byte off is allocated
-// before a direct write to it.
+// before a direct write to it. When the chunk before it is allocated, the
+// allocator is moving on through the file: the chunks after it are
+// allocated along with it, twice as many as the last time.
 func (d *dataFile) allocate(off int64) {
 	if d.direct == nil {
 		return
@@ -136,11 +148,19 @@ func (d *dataFile) allocate(off int64) {
 	if d.allocated[chunk] {
 		return
 	}
-	d.allocated[chunk] = true
+	if d.allocated[chunk-1] {
+		d.run = min(2*d.run, maxAllocRun)
+	} else {
+		d.run = 1
+	}
 	start := chunk * allocChunk
+	n := int64(0)
+	for ; n < d.run && start+n*allocChunk < d.size && !d.allocated[chunk+n]; n++ {
+		d.allocated[chunk+n] = true
+	}
 	// A full disk or a file system without fallocate leaves the
-	// chunk a hole: writes to it then allocate one by one.
-	unix.Fallocate(int(d.Fd()), unix.FALLOC_FL_KEEP_SIZE, start, min(allocChunk, d.size-start))
+	// chunks holes: writes to them then allocate one by one.
+	unix.Fallocate(int(d.Fd()), unix.FALLOC_FL_KEEP_SIZE, start, min(n*allocChunk, d.size-start))
 }
 
 // alignedRange reports whether n bytes at off need no read of the sectors

@@ -44,9 +44,12 @@ func newModePool(t *testing.T, direct bool) (*Pool, string, string) {
 }
 
 // TestDataFileAllocatedAhead: the first new block allocates a chunk of the
-// data file, so that the next direct writes land in allocated space.
+// data file, so that the next direct writes land in allocated space; while
+// the allocator moves on from chunk to chunk, each allocation takes twice
+// as many chunks as the one before, up to the end of the file, and one
+// chunk again after a jump.
 func TestDataFileAllocatedAhead(t *testing.T) {
-	p, _, data := newModePool(t, true)
+	p, _, data := newModePool(t, true) // 1 GiB: 16 chunks
 	probe, err := os.Create(filepath.Join(t.TempDir(), "probe"))
 	if err != nil {
 		t.Fatal(err)
@@ -61,12 +64,27 @@ func TestDataFileAllocatedAhead(t *testing.T) {
 	if _, err := p.WriteAt(0, make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(data, &st); err != nil {
-		t.Fatal(err)
+	chunks := func(want int64) {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Stat(data, &st); err != nil {
+			t.Fatal(err)
+		}
+		if got := st.Blocks * 512; got < want*allocChunk || got >= (want+1)*allocChunk {
+			t.Fatalf("data file holds %d bytes, want %d chunks of %d", got, want, allocChunk)
+		}
 	}
-	if st.Blocks*512 < allocChunk {
-		t.Fatalf("data file holds %d bytes after the first write, want at least %d", st.Blocks*512, allocChunk)
+	chunks(1)
+	for _, step := range []struct{ chunk, total int64 }{
+		{1, 3},   // chunks 1-2
+		{2, 3},   // allocated
+		{3, 7},   // 3-6
+		{12, 8},  // after a jump: 12
+		{13, 10}, // 13-14
+		{15, 11}, // 15, the last
+	} {
+		p.data.allocate(step.chunk*allocChunk + 4096)
+		chunks(step.total)
 	}
 }
 

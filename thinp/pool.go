@@ -6,9 +6,9 @@
 //
 // On disk a pool is three files:
 //
-//	DATA   data block N at byte N*BlockSize (sparse, but allocated 64 MiB
-//	       at a time ahead of the blocks in use; nothing else in the file),
-//	       written with direct I/O where the file system has it
+//	DATA   data block N at byte N*BlockSize (sparse, but allocated ahead
+//	       of the blocks in use, 64 MiB to 1 GiB at a time; nothing else
+//	       in the file), written with direct I/O where the file system has it
 //	META   4 KiB metadata blocks, dm-thin format version 2:
 //	  block 0          superblock: magic 27022010, crc32c^160774, transaction
 //	                   id, time, data block size (sectors), roots of the trees
@@ -93,9 +93,11 @@ type DeviceStatus struct {
 
 // Pool is an open thin pool. Its methods are safe for concurrent use.
 type Pool struct {
-	// io is held shared by reads and writes for their whole duration and
-	// exclusively by everything that frees data blocks or commits, so no
-	// write lands in a block that has been unmapped under it.
+	// io is held shared by reads, writes and discards for their whole
+	// duration and exclusively by commits and by everything else that
+	// frees data blocks, so no write lands in a block that has been
+	// unmapped and handed out again under it (a transaction's freed blocks
+	// are handed out after its commit).
 	io sync.RWMutex
 	// mu guards the metadata: held briefly, never across data copies.
 	mu sync.Mutex
