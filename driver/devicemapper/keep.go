@@ -2,6 +2,7 @@ package devicemapper
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -9,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-storage/strata/archive"
-	"github.com/strata-storage/strata/driver"
 )
 
 // keepFor is how long an applied layer stays mounted for a child that
@@ -30,8 +30,8 @@ type kept struct {
 	timer *time.Timer
 }
 
-// ApplyDiff extracts diff into layer id, makes it durable (a syncfs, which
-// commits the pool), and leaves the layer mounted for a child (kept).
+// ApplyDiff extracts diff into layer id, makes it durable and leaves the
+// layer mounted for a child (kept).
 func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 	dir, err := d.Get(id, "")
 	if err != nil {
@@ -39,7 +39,7 @@ func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 	}
 	n, err := archive.Apply(dir, diff, archive.ApplyOptions{Whiteouts: archive.WhiteoutDelete})
 	if err == nil {
-		err = driver.SyncFS(dir)
+		err = settle(dir)
 	}
 	var st unix.Stat_t
 	if err == nil {
@@ -56,6 +56,28 @@ func (d *Driver) ApplyDiff(id, parent string, diff io.Reader) (int64, error) {
 		d.keep(id, st.Dev)
 	}
 	return n, nil
+}
+
+// settle makes the file system mounted at dir durable and clean on its
+// device, as an unmount would, by freezing and thawing it: a freeze writes
+// everything back, checkpoints the journal and flushes the device (a pool
+// commit), so that the freeze of the snapshot for a child finds nothing
+// left to do. A syncfs would leave the journal for that freeze to write
+// again.
+func settle(dir string) error {
+	const fiFreeze, fiThaw = 0xc0045877, 0xc0045878 // _IOWR('X', 119 and 120, int)
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), fiFreeze, 0); err != nil {
+		return fmt.Errorf("freeze %s: %w", dir, err)
+	}
+	if err := unix.IoctlSetInt(int(f.Fd()), fiThaw, 0); err != nil {
+		return fmt.Errorf("thaw %s: %w", dir, err)
+	}
+	return nil
 }
 
 // keep makes layer id, mounted with no holder, the kept layer, and

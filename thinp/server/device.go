@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/moby/sys/mountinfo"
@@ -55,6 +57,7 @@ func (s *server) deactivate(id uint32) error {
 	if err := unix.IoctlSetInt(int(d.loop.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("detach %s: %w", d.loopPath, err)
 	}
+	limitDirty(d.loopPath, false)
 	d.loop.Close()
 	delete(s.active, id)
 	s.fs.remove(id)
@@ -110,6 +113,7 @@ func attachLoop(file string) (*device, error) {
 		copy(cfg.Info.File_name[:], file)
 		err = unix.IoctlLoopConfigure(int(loop.Fd()), &cfg)
 		if err == nil {
+			limitDirty(path, true)
 			return &device{loop: loop, loopPath: path}, nil
 		}
 		loop.Close()
@@ -118,6 +122,28 @@ func attachLoop(file string) (*device, error) {
 		}
 	}
 	return nil, errors.New("no free loop device")
+}
+
+// dirtyLimit bounds the dirty page cache of a file system on an active
+// device. Past half of it the kernel writes back in the background, while
+// the writer goes on: a layer being applied is written through the pool as
+// it is extracted, not all at once by the sync that ends it, which the
+// global thresholds (a tenth of memory) would leave it to.
+const dirtyLimit = 64 << 20
+
+// limitDirty gives the loop device at path its own dirty limit
+// (dirtyLimit, strict: not lent from other devices), or the kernel's
+// defaults back before the loop device goes to another user. Kernels
+// before 6.2 have no such settings: it does nothing there.
+func limitDirty(path string, on bool) {
+	bdi := filepath.Join("/sys/block", filepath.Base(path), "bdi")
+	if on {
+		os.WriteFile(filepath.Join(bdi, "max_bytes"), []byte(strconv.Itoa(dirtyLimit)), 0)
+		os.WriteFile(filepath.Join(bdi, "strict_limit"), []byte("1"), 0)
+		return
+	}
+	os.WriteFile(filepath.Join(bdi, "strict_limit"), []byte("0"), 0)
+	os.WriteFile(filepath.Join(bdi, "max_ratio"), []byte("100"), 0)
 }
 
 // FIFREEZE and FITHAW are _IOWR('X', 119 and 120, int).

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -316,10 +317,12 @@ func TestNoSpace(t *testing.T) {
 	}
 	// Every block of the file system's own metadata is written now (no
 	// uninitialised groups), so that only file data meets the full pool:
-	// ext4 stops its journal, and goes read-only, when a metadata write
-	// fails, as it does on a kernel thin pool.
+	// ext4 goes read-only when a metadata write fails, as it does on a
+	// kernel thin pool. No journal: mke2fs zeroes it with discards, which
+	// unmap, so that its first pass would provision blocks, and fail, at
+	// whatever moment the pool fills.
 	dev := f.activate(0, false)
-	f.run("mkfs.ext4", "-q", "-O", "^metadata_csum,^uninit_bg", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
+	f.run("mkfs.ext4", "-q", "-O", "^metadata_csum,^uninit_bg,^has_journal", "-E", "lazy_itable_init=0", dev)
 	m := f.mount(dev)
 	kept := bytes.Repeat([]byte("written before the pool filled\n"), 10000)
 	writeFile(t, filepath.Join(m, "kept"), kept)
@@ -454,4 +457,40 @@ func (f *fixture) status() Status {
 		f.t.Fatal(err)
 	}
 	return st
+}
+
+// TestDirtyLimit: an active device has its own strict dirty limit, and its
+// loop device gets the kernel's defaults back when it is deactivated.
+func TestDirtyLimit(t *testing.T) {
+	f := newFixture(t, thinp.Options{DataSize: 1 << 30})
+	if err := f.c.CreateThin(0, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	dev := f.activate(0, false)
+	bdi := filepath.Join("/sys/block", filepath.Base(dev), "bdi")
+	if _, err := os.Stat(filepath.Join(bdi, "strict_limit")); err != nil {
+		t.Skipf("kernel without per-device dirty limits: %v", err)
+	}
+	read := func(name string) int64 {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(bdi, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// max_bytes is kept as a fraction of the global limit: compare loosely.
+	if strict, max := read("strict_limit"), read("max_bytes"); strict != 1 || max > 2*dirtyLimit {
+		t.Errorf("active %s: strict_limit %d, max_bytes %d; want 1 and about %d", dev, strict, max, dirtyLimit)
+	}
+	if err := f.c.Deactivate(0); err != nil {
+		t.Fatal(err)
+	}
+	if strict, ratio := read("strict_limit"), read("max_ratio"); strict != 0 || ratio != 100 {
+		t.Errorf("deactivated %s: strict_limit %d, max_ratio %d; want 0 and 100", dev, strict, ratio)
+	}
 }
