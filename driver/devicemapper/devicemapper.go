@@ -18,7 +18,9 @@
 //	                    deleted, flushed before the pool changes (one cut
 //	                    short by a crash is dropped: nothing was done under
 //	                    it); the next start that is alone finishes or rolls
-//	                    it back, as Docker's driver did
+//	                    it back, as Docker's driver did; a create that took
+//	                    over its parent's mounted device (keep.go) also
+//	                    names the parent and the device to give it back
 //	meta/<id>/device    the layer's device (JSON, as Docker's metadata/<hash>:
 //	                    device_id, size, transaction_id, initialized)
 //	meta/<id>/parent, meta/<id>/children/<c>   driver.Lineage
