@@ -114,6 +114,10 @@ func attachLoop(file string) (*device, error) {
 		err = unix.IoctlLoopConfigure(int(loop.Fd()), &cfg)
 		if err == nil {
 			limitDirty(path, true)
+			// Requests of the largest FUSE write, not 1280 KiB ones that
+			// FUSE would split in two (best effort: a smaller limit
+			// only costs requests).
+			os.WriteFile(filepath.Join("/sys/block", filepath.Base(path), "queue/max_sectors_kb"), []byte(strconv.Itoa(maxWrite>>10)), 0)
 			return &device{loop: loop, loopPath: path}, nil
 		}
 		loop.Close()
