@@ -23,7 +23,7 @@ import (
 // inode's lock held until the write completes: the device's parallel
 // writes would go to the disk one at a time. The pool therefore allocates
 // the file ahead of its data block allocator: direct writes into allocated
-// (even unwritten) space run in parallel. An fallocate is no free either:
+// (even unwritten) space run in parallel. An fallocate is not free either:
 // it takes the inode's lock only once every direct write in flight is done
 // and holds back new ones meanwhile (27 ms on a loaded disk, for 0.3 ms of
 // allocating), so while the allocator keeps moving on, each allocation

@@ -369,3 +369,52 @@ func (p *Pool) Discard(id uint32, off, length int64) error {
 	}
 	return nil
 }
+
+// Zero makes the length bytes at off of device id read as zeros, as a
+// hole punch or a write of zeroes to a block device asks: the whole blocks
+// of the range are unmapped (Discard), the parts of blocks at its edges
+// written with zeros, unless those blocks are unmapped. An unmapped block
+// reads as zeros already, and zeroing part of it would provision it and
+// write a whole block of zeros. A file system zeroing its inode tables in
+// the background (ext4's lazy init) asks for ranges whose edges mostly
+// fall in unmapped blocks, and a loop device waits for each before it
+// serves its next request.
+func (p *Pool) Zero(id uint32, off, length int64) error {
+	if off < 0 || length < 0 {
+		return fmt.Errorf("%w: zero %d bytes at %d", errdefs.ErrInvalid, length, off)
+	}
+	end := off + length
+	first := (off + p.blockSize - 1) / p.blockSize * p.blockSize
+	last := end / p.blockSize * p.blockSize
+	if first > last { // inside one block
+		return p.zeroPart(id, off, end)
+	}
+	if err := p.zeroPart(id, off, first); err != nil {
+		return err
+	}
+	if err := p.zeroPart(id, last, end); err != nil {
+		return err
+	}
+	return p.Discard(id, first, last-first)
+}
+
+// zeroPart writes zeros over [start, end), part of one block of device id,
+// unless the block is unmapped and no write is provisioning it.
+func (p *Pool) zeroPart(id uint32, start, end int64) error {
+	if start >= end {
+		return nil
+	}
+	vblock := uint64(start / p.blockSize)
+	p.mu.Lock()
+	_, mapped, _, err := p.md.mapping(id, vblock)
+	busy := p.provisioning[blockKey{id, vblock}] != nil
+	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("zero thin device %d: %w", id, err)
+	}
+	if !mapped && !busy {
+		return nil
+	}
+	_, err = p.WriteAt(id, make([]byte, end-start), start)
+	return err
+}

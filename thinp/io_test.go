@@ -3,8 +3,11 @@ package thinp
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
+
+	"github.com/strata-storage/strata/errdefs"
 )
 
 // TestOverlappingWriters: goroutines write overlapping runs of blocks of
@@ -95,4 +98,73 @@ func concurrently(t testing.TB, fns ...func() error) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestZero zeroes ranges whose edges fall in unmapped, mapped and shared
+// blocks: the device reads as its model, an edge in an unmapped block
+// provisions nothing, the whole blocks inside are unmapped, a snapshot
+// keeps what it shared, and the metadata checks out.
+func TestZero(t *testing.T) {
+	p, meta, _ := newTestPool(t, Options{})
+	bs := p.blockSize
+	const blocks = 16
+	if err := p.CreateThin(0, blocks*bs); err != nil {
+		t.Fatal(err)
+	}
+	dev := bytes.Repeat([]byte("abcdefg"), int(blocks*bs)/7+1)[:blocks*bs]
+	if _, err := p.WriteAt(0, dev[2*bs:5*bs], 2*bs); err != nil { // blocks 2-4
+		t.Fatal(err)
+	}
+	if _, err := p.WriteAt(0, dev[12*bs:13*bs], 12*bs); err != nil { // block 12
+		t.Fatal(err)
+	}
+	clear(dev[:2*bs])
+	clear(dev[5*bs : 12*bs])
+	clear(dev[13*bs:])
+	snap := bytes.Clone(dev)
+	if err := p.CreateSnap(1, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct{ off, n int64 }{
+		{8*bs + 4096, 4096},        // inside unmapped block 8
+		{9*bs + 4096, 2 * bs},      // edges in unmapped 9 and 11
+		{2*bs + 4096, 2*bs + 4096}, // edges in shared 2 and 4, 3 whole
+		{12*bs + 8192, 4096},       // inside shared 12
+		{12*bs + 8192, bs - 8192},  // to the end of 12, now exclusive
+		{blocks*bs - 4096, 4096},   // the last sector
+	} {
+		if err := p.Zero(0, r.off, r.n); err != nil {
+			t.Fatal(err)
+		}
+		clear(dev[r.off : r.off+r.n])
+	}
+	if err := p.Zero(7, 0, bs); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("zeroing an unknown device: %v, want ErrNotFound", err)
+	}
+	for id, want := range map[uint32][]byte{0: dev, 1: snap} {
+		got := make([]byte, len(want))
+		if _, err := p.ReadAt(id, got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("device %d does not read as its model after zeroing", id)
+		}
+	}
+	var mapped []uint64
+	p.mu.Lock()
+	for v := range uint64(blocks) {
+		if _, ok, _, err := p.md.mapping(0, v); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			mapped = append(mapped, v)
+		}
+	}
+	p.mu.Unlock()
+	if want := []uint64{2, 4, 12}; !slices.Equal(mapped, want) {
+		t.Fatalf("device 0 maps blocks %v, want %v", mapped, want)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	checkTools(t, p, nil, meta)
 }

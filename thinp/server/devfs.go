@@ -101,8 +101,6 @@ type devFile struct {
 	s    *server
 	id   uint32
 	size int64
-	// blockSize is the pool's data block size: what a discard can unmap.
-	blockSize int64
 }
 
 var (
@@ -170,11 +168,8 @@ func (f *devFile) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) sys
 
 func (f *devFile) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno { return 0 }
 
-// zeros backs the partial blocks of a hole punch; no block is larger.
-var zeros = make([]byte, 1<<20)
-
-// Allocate serves the loop device's discard and write-zeroes: the whole
-// blocks of the range are unmapped, the partial ones at its ends zeroed.
+// Allocate serves the loop device's discard and write-zeroes: the range is
+// made to read as zeros (Pool.Zero), its whole blocks unmapped.
 func (f *devFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
 	switch {
 	case mode == 0:
@@ -187,30 +182,7 @@ func (f *devFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint
 		return 0
 	}
 	defer f.s.writes.Add(1)
-	bs := f.blockSize
-	first := (start + bs - 1) / bs * bs
-	last := end / bs * bs
-	if first >= last { // inside one block
-		return f.zero(start, end)
-	}
-	if e := f.zero(start, first); e != 0 {
-		return e
-	}
-	if e := f.zero(last, end); e != 0 {
-		return e
-	}
-	return errno(f.pool.Discard(f.id, first, last-first))
-}
-
-func (f *devFile) zero(start, end int64) syscall.Errno {
-	for start < end {
-		n := min(end-start, int64(len(zeros)))
-		if _, err := f.pool.WriteAt(f.id, zeros[:n], start); err != nil {
-			return errno(err)
-		}
-		start += n
-	}
-	return 0
+	return errno(f.pool.Zero(f.id, start, end-start))
 }
 
 // errno is what the kernel passes on to the writer: ENOSPC when the pool is

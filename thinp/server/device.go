@@ -34,7 +34,7 @@ func (s *server) activate(id uint32) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	s.fs.add(id, &devFile{pool: s.pool, s: s, id: id, size: size, blockSize: s.blockSize})
+	s.fs.add(id, &devFile{pool: s.pool, s: s, id: id, size: size})
 	d, err := attachLoop(s.fs.path(id))
 	if err != nil {
 		s.fs.remove(id)

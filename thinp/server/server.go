@@ -69,10 +69,8 @@ type server struct {
 	dir  string
 	lock *os.File
 	pool *thinp.Pool
-	// blockSize is the pool's data block size (Status walks every tree).
-	blockSize int64
-	fs        *devFS
-	ln        *net.UnixListener
+	fs   *devFS
+	ln   *net.UnixListener
 
 	// commits is held shared by every commit the kernel asks for (FSYNC)
 	// and exclusively while the metadata is copied for a check, so that the
@@ -149,7 +147,6 @@ func start(dir string) (s *server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.blockSize = s.pool.Usage().BlockSize
 	if s.fs, err = mountDevFS(filepath.Join(dir, devDir), s); err != nil {
 		return nil, err
 	}

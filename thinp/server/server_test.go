@@ -377,8 +377,11 @@ func TestDiscard(t *testing.T) {
 	if err := os.Remove(filepath.Join(m, "big")); err != nil {
 		t.Fatal(err)
 	}
+	// The file's blocks are free once the journal commits their release.
+	f.run("sync", "-f", m)
 	f.run("fstrim", m)
-	if after := f.mapped(0); before-after < 64<<20/thinp.DefaultBlockSize {
+	// All of the file's blocks but a few it shares with ext4's metadata.
+	if after := f.mapped(0); before-after < 60<<20/thinp.DefaultBlockSize {
 		t.Fatalf("fstrim after removing 64 MiB: mapped blocks %d -> %d", before, after)
 	}
 	unmount(m)
