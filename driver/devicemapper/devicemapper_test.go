@@ -43,6 +43,20 @@ func open(t *testing.T, root string) *Driver {
 	return d.(*Driver)
 }
 
+// restart closes d and opens root again, whose start must settle the open
+// transaction the test left.
+func restart(t *testing.T, d *Driver, root string) *Driver {
+	t.Helper()
+	if err := d.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	d = open(t, root)
+	if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("transaction record after recovery: %v", err)
+	}
+	return d
+}
+
 func poolStatus(t *testing.T, d *Driver) server.Status {
 	t.Helper()
 	st, err := d.pool.Status()
@@ -140,13 +154,7 @@ func TestOpenTransactionRolledBack(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := d.Cleanup(); err != nil {
-			t.Fatal(err)
-		}
-		d = open(t, root)
-		if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("transaction record after recovery: %v", err)
-		}
+		d = restart(t, d, root)
 	}
 	inPool := func(dev uint32) bool {
 		for _, dv := range poolStatus(t, d).Devices {
@@ -213,13 +221,7 @@ func TestTornTransactionDropped(t *testing.T) {
 	if err := os.WriteFile(d.transactionPath(), []byte(`{"op":"create","dev`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Cleanup(); err != nil {
-		t.Fatal(err)
-	}
-	d = open(t, root)
-	if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("transaction record after recovery: %v", err)
-	}
+	d = restart(t, d, root)
 	if !d.Exists("a") {
 		t.Fatal("layer a lost")
 	}

@@ -173,13 +173,7 @@ func TestHandOverCrash(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := d.Cleanup(); err != nil {
-			t.Fatal(err)
-		}
-		d = open(t, root)
-		if _, err := os.Stat(d.transactionPath()); !errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("transaction record after recovery: %v", err)
-		}
+		d = restart(t, d, root)
 		if !committed {
 			if d.Exists("l1") || deviceOf(t, d, "l0") != live {
 				t.Fatalf("uncommitted hand-over: l1 exists %v, l0 has device %d, want %d", d.Exists("l1"), deviceOf(t, d, "l0"), live)
